@@ -1,0 +1,223 @@
+"""The connection lifecycle: one service used by the CLI (and later an HTTP API).
+
+add → validate → stored disabled and untested; edit → re-validate, status
+back to untested; enable / disable; test → testing → ok | failed; delete.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+
+from mailpipe.config import Config
+from mailpipe.errors import NotFound, ValidationError
+from mailpipe.plugin_host import PluginHost
+from mailpipe.secrets import SecretBox
+from mailpipe.settings import complete, convert, masked
+from mailpipe.store import ConnectionStore, StoredConnection
+from mailpipe.types import Connection, ConnectionType, Status, TestResult, ValidationContext
+
+TEST_TIMEOUT_SECONDS = 60.0
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_connection_id() -> str:
+    return "c" + secrets.token_hex(5)
+
+
+def new_journal_address(domain: str) -> str:
+    """An unguessable local part: 128 random bits, lower-case base32."""
+    token = base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+    return f"j-{token}@{domain.lower()}"
+
+
+class ConnectionService:
+    def __init__(self, config: Config, host: PluginHost, store: ConnectionStore, box: SecretBox) -> None:
+        self.config = config
+        self.host = host
+        self.store = store
+        self.box = box
+
+    # --- reading ---------------------------------------------------------
+
+    def get(self, connection_id: str) -> Connection:
+        row = self.store.get(connection_id)
+        if row is None:
+            raise NotFound(
+                f"no connection with id {connection_id!r}; `mailpipe connections list` shows the ids"
+            )
+        return self.to_connection(row)
+
+    def find(self, connection_id: str) -> Connection | None:
+        row = self.store.get(connection_id)
+        return self.to_connection(row) if row else None
+
+    def list(self) -> list[Connection]:
+        return [self.to_connection(row) for row in self.store.list()]
+
+    def to_connection(self, row: StoredConnection) -> Connection:
+        connection_type = self.host.connection_types.get(row.type)
+        settings = dict(row.settings)
+        for setting in connection_type.settings if connection_type else ():
+            if setting.kind == "secret" and isinstance(settings.get(setting.name), str):
+                settings[setting.name] = self.box.decrypt(settings[setting.name])
+        return Connection(
+            id=row.id,
+            type=row.type,
+            description=row.description,
+            enabled=row.enabled,
+            settings=settings,
+            status=Status(row.status),
+            status_error=row.status_error,
+            status_time=row.status_time,
+            address=row.address,
+            created=row.created,
+            updated=row.updated,
+        )
+
+    def public(self, connection: Connection) -> dict[str, Any]:
+        """What may be printed or logged: secrets masked."""
+        return {
+            "id": connection.id,
+            "type": connection.type,
+            "description": connection.description,
+            "enabled": connection.enabled,
+            "address": connection.address,
+            "settings": masked(self.host.connection_types.get(connection.type), connection.settings),
+            "status": connection.status.value,
+            "status_error": connection.status_error,
+            "status_time": connection.status_time,
+            "created": connection.created,
+            "updated": connection.updated,
+        }
+
+    # --- changing --------------------------------------------------------
+
+    async def add(self, type_name: str, description: str, raw_settings: dict[str, Any]) -> Connection:
+        connection_type = self.host.connection_type(type_name)
+        settings = await self._validated(connection_type, raw_settings, connection_id=None)
+        now = utc_now()
+        row = StoredConnection(
+            id=new_connection_id(),
+            type=type_name,
+            description=description,
+            enabled=False,
+            settings=self._encrypt(connection_type, settings),
+            address=(
+                new_journal_address(self.config.smtp.journal_domain)
+                if connection_type.receives == "smtp"
+                else None
+            ),
+            status=Status.UNTESTED.value,
+            status_error="",
+            status_time=None,
+            created=now,
+            updated=now,
+        )
+        self.store.insert(row)
+        return self.to_connection(row)
+
+    async def edit(
+        self, connection_id: str, raw_settings: dict[str, Any], description: str | None = None
+    ) -> Connection:
+        current = self.get(connection_id)
+        connection_type = self.host.connection_type(current.type)
+        merged = {**current.settings, **raw_settings}
+        settings = await self._validated(connection_type, merged, connection_id=connection_id)
+        row = self._row(current)
+        row.settings = self._encrypt(connection_type, settings)
+        if description is not None:
+            row.description = description
+        row.status, row.status_error, row.status_time = Status.UNTESTED.value, "", None
+        row.updated = utc_now()
+        self.store.update(row)
+        return self.to_connection(row)
+
+    def set_enabled(self, connection_id: str, enabled: bool) -> Connection:
+        current = self.get(connection_id)
+        row = self._row(current)
+        row.enabled = enabled
+        row.updated = utc_now()
+        self.store.update(row)
+        return self.to_connection(row)
+
+    def delete(self, connection_id: str) -> None:
+        if not self.store.delete(connection_id):
+            raise NotFound(
+                f"no connection with id {connection_id!r}; `mailpipe connections list` shows the ids"
+            )
+
+    async def test(self, connection_id: str) -> tuple[Connection, TestResult]:
+        current = self.get(connection_id)
+        self._set_status(current, Status.TESTING, "")
+        result = await self.run_test(current)
+        status = Status.OK if result.ok else Status.FAILED
+        return self._set_status(current, status, result.error), result
+
+    async def run_test(self, connection: Connection) -> TestResult:
+        try:
+            with anyio.fail_after(TEST_TIMEOUT_SECONDS):
+                results = await self.host.call("mailpipe_test", connection=connection)
+        except TimeoutError:
+            return TestResult(ok=False, error=f"the test did not finish within {TEST_TIMEOUT_SECONDS:.0f} s")
+        except Exception as error:  # a plugin bug must still end as a red status
+            return TestResult(ok=False, error=f"the {connection.type} test crashed: {error}")
+        if not results:
+            return TestResult(ok=False, error=f"no installed plugin can test {connection.type!r} connections")
+        failed = [r for r in results if not r.ok]
+        if failed:
+            return failed[0]
+        warnings = tuple(w for r in results for w in r.warnings)
+        return TestResult(ok=True, warnings=warnings, details={k: v for r in results for k, v in r.details.items()})
+
+    # --- helpers ---------------------------------------------------------
+
+    def _set_status(self, current: Connection, status: Status, error: str) -> Connection:
+        row = self.store.get(current.id)
+        if row is None:  # deleted while testing
+            raise NotFound(f"connection {current.id!r} was deleted during its test")
+        row.status, row.status_error, row.status_time = status.value, error, utc_now()
+        self.store.update(row)
+        return self.to_connection(row)
+
+    async def _validated(
+        self, connection_type: ConnectionType, raw: dict[str, Any], connection_id: str | None
+    ) -> dict[str, Any]:
+        settings, problems = convert(connection_type, raw)
+        problems += complete(connection_type, settings)
+        if not problems:
+            context = ValidationContext(
+                find_connection=self.find,
+                accepted_domains=self.config.smtp.accepted_domains,
+                connection_id=connection_id,
+            )
+            for answer in await self.host.call(
+                "mailpipe_validate",
+                connection_type=connection_type.name,
+                settings=settings,
+                context=context,
+            ):
+                problems.extend(answer)
+        if problems:
+            raise ValidationError(problems)
+        return settings
+
+    def _encrypt(self, connection_type: ConnectionType, settings: dict[str, Any]) -> dict[str, Any]:
+        stored = dict(settings)
+        for setting in connection_type.settings:
+            value = stored.get(setting.name)
+            if setting.kind == "secret" and isinstance(value, str) and value:
+                stored[setting.name] = self.box.encrypt(value)
+        return stored
+
+    def _row(self, connection: Connection) -> StoredConnection:
+        row = self.store.get(connection.id)
+        assert row is not None
+        return row

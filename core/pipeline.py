@@ -1,0 +1,237 @@
+"""Delivers spooled messages to every sink, with retries and quarantine.
+
+Rules:
+- a message leaves the spool only when every *required* sink confirmed;
+  an *optional* sink may fail without holding the others back;
+- a failure is retried with exponential backoff; after ``max_attempts``
+  failures the message moves to the quarantine with its reason, from which
+  ``mailpipe spool retry`` brings it back;
+- progress is recorded per sink beside the message, so after a restart a
+  sink that already confirmed is not asked again (sinks are idempotent
+  anyway).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+
+from mailpipe.config import PipelineConfig
+from mailpipe.spool import QUARANTINE, QUEUE, Spool, SpooledMessage
+from mailpipe.types import Sink
+
+log = logging.getLogger("mailpipe.pipeline")
+
+Enricher = Callable[[SpooledMessage], dict[str, Any]]
+RESCAN_SECONDS = 1.0
+
+
+@dataclass
+class SinkSlot:
+    name: str
+    sink: Sink
+    required: bool = True
+
+
+class Pipeline:
+    def __init__(
+        self,
+        spool: Spool,
+        sinks: list[SinkSlot],
+        settings: PipelineConfig | None = None,
+        enrichers: list[Enricher] | None = None,
+    ) -> None:
+        if not any(slot.required for slot in sinks):
+            raise ValueError("at least one sink must be required, or mail would leave the spool unstored")
+        self.spool = spool
+        self.sinks = sinks
+        self.settings = settings or PipelineConfig()
+        self.enrichers = enrichers or []
+        self._due: list[tuple[float, str]] = []
+        self._known: set[str] = set()
+        self._inflight: set[str] = set()
+        self._wakeup = anyio.Event()
+        self.delivered = 0
+        self.quarantined = 0
+        spool.subscribe(self._on_new)
+
+    # --- scheduling --------------------------------------------------------
+
+    def _on_new(self, message: SpooledMessage) -> None:
+        self._schedule(message.id, 0.0)
+
+    def _schedule(self, spool_id: str, when: float) -> None:
+        self._known.add(spool_id)
+        heapq.heappush(self._due, (when, spool_id))
+        self._wakeup.set()
+
+    def _scan(self) -> None:
+        for spool_id in sorted(self.spool.pending_ids() - self._known):
+            self._schedule(spool_id, self.spool.state(spool_id).next_attempt)
+
+    def _take_due(self, now: float) -> str | None:
+        if self._due and self._due[0][0] <= now:
+            return heapq.heappop(self._due)[1]
+        return None
+
+    # --- running -----------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Deliver forever: what is already spooled first, then what arrives."""
+        await anyio.to_thread.run_sync(self.spool.recover)
+        await anyio.to_thread.run_sync(self._scan)
+        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
+        async with anyio.create_task_group() as group:
+            for _ in range(max(1, self.settings.concurrency)):
+                group.start_soon(self._worker, receive.clone())
+            task_status.started()
+            next_scan = time.monotonic() + RESCAN_SECONDS
+            while True:
+                now = time.time()
+                while (spool_id := self._take_due(now)) is not None:
+                    send.send_nowait(spool_id)
+                if time.monotonic() >= next_scan:
+                    await anyio.to_thread.run_sync(self._scan)
+                    next_scan = time.monotonic() + RESCAN_SECONDS
+                wait = RESCAN_SECONDS
+                if self._due:
+                    wait = min(wait, max(0.0, self._due[0][0] - time.time()))
+                self._wakeup = anyio.Event()
+                with anyio.move_on_after(wait):
+                    await self._wakeup.wait()
+
+    async def _worker(self, receive: Any) -> None:
+        async with receive:
+            async for spool_id in receive:
+                await self.process(spool_id)
+
+    async def drain(self) -> None:
+        """Process everything due now, then return (for tests and one-shot use)."""
+        await anyio.to_thread.run_sync(self.spool.recover)
+        await anyio.to_thread.run_sync(self._scan)
+        while (spool_id := self._take_due(time.time())) is not None:
+            await self.process(spool_id)
+
+    # --- one message -------------------------------------------------------
+
+    async def process(self, spool_id: str) -> None:
+        if spool_id in self._inflight:  # scheduled twice (announce and rescan)
+            return
+        self._inflight.add(spool_id)
+        try:
+            await self._process(spool_id)
+        finally:
+            self._inflight.discard(spool_id)
+
+    async def _process(self, spool_id: str) -> None:
+        message = await anyio.to_thread.run_sync(self.spool.load, spool_id)
+        if message is None:  # delivered by another worker, or retried away
+            self._known.discard(spool_id)
+            return
+        state = await anyio.to_thread.run_sync(self.spool.state, spool_id)
+        await self._enrich(message)
+        errors: dict[str, str] = {}
+        optional_errors: dict[str, str] = {}
+        for slot in self.sinks:
+            if slot.name in state.stored_in:
+                continue
+            try:
+                await slot.sink.store(message)
+            except Exception as error:
+                text = f"{type(error).__name__}: {error}" if not str(error) else str(error)
+                (errors if slot.required else optional_errors)[slot.name] = text
+                continue
+            state.stored_in.append(slot.name)
+        for name, text in optional_errors.items():
+            log.warning(
+                "optional sink failed; the message is not held back for it",
+                extra={"spool_id": spool_id, "sink": name, "error": text},
+            )
+        if not errors:
+            await anyio.to_thread.run_sync(self.spool.remove, spool_id)
+            self._known.discard(spool_id)
+            self.delivered += 1
+            log.info(
+                "message archived",
+                extra={
+                    "spool_id": spool_id,
+                    "connection": message.metadata.get("connection_id"),
+                    "sinks": state.stored_in,
+                    "size": message.size,
+                },
+            )
+            return
+        await self._failed(message, state, errors)
+
+    async def _failed(self, message: SpooledMessage, state: Any, errors: dict[str, str]) -> None:
+        state.attempts += 1
+        state.last_error = "; ".join(f"sink {name}: {text}" for name, text in errors.items())
+        if state.attempts >= self.settings.max_attempts:
+            state.quarantined_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            await anyio.to_thread.run_sync(self.spool.save_state, message.id, state)
+            await anyio.to_thread.run_sync(self.spool.move, message.id, QUEUE, QUARANTINE)
+            self._known.discard(message.id)
+            self.quarantined += 1
+            log.error(
+                "message quarantined after repeated sink failures; fix the sink, then "
+                "`mailpipe spool retry`",
+                extra={"spool_id": message.id, "attempts": state.attempts, "error": state.last_error},
+            )
+            return
+        delay = min(
+            self.settings.backoff_max,
+            self.settings.backoff_initial * (2 ** (state.attempts - 1)),
+        )
+        state.next_attempt = time.time() + delay
+        await anyio.to_thread.run_sync(self.spool.save_state, message.id, state)
+        log.warning(
+            "sink failed; will retry",
+            extra={
+                "spool_id": message.id,
+                "attempt": state.attempts,
+                "retry_in_seconds": round(delay, 3),
+                "error": state.last_error,
+            },
+        )
+        self._schedule(message.id, state.next_attempt)
+
+    async def _enrich(self, message: SpooledMessage) -> None:
+        if message.metadata.get("enriched") or not self.enrichers:
+            return
+
+        def enrich() -> None:
+            for enricher in self.enrichers:
+                try:
+                    message.metadata.update(enricher(message))
+                except Exception as error:  # parsing is best effort; the bytes are the evidence
+                    message.metadata.setdefault("warnings", []).append(
+                        f"{getattr(enricher, '__name__', 'enricher')} failed: {error}"
+                    )
+            message.metadata["enriched"] = True
+            self.spool.update_metadata(message)
+
+        await anyio.to_thread.run_sync(enrich)
+
+
+def retry_quarantined(spool: Spool, spool_ids: list[str] | None = None) -> list[str]:
+    """Move quarantined messages back to the queue with a fresh attempt count."""
+    chosen = spool_ids or [m.id for m in spool.pending(QUARANTINE)]
+    moved = []
+    for spool_id in chosen:
+        if spool.load(spool_id, QUARANTINE) is None:
+            raise KeyError(spool_id)
+        state = spool.state(spool_id, QUARANTINE)
+        state.attempts, state.next_attempt, state.quarantined_at = 0, 0.0, None
+        spool.save_state(spool_id, state, QUARANTINE)
+        spool.move(spool_id, QUARANTINE, QUEUE)
+        moved.append(spool_id)
+    return moved

@@ -1,0 +1,216 @@
+"""``mailpipe serve``: the pipeline, the SMTP listener and the collectors in one process.
+
+Connection changes made by the CLI (another process) reach the running
+server through the store's revision counter, polled every
+``WATCH_INTERVAL`` seconds: a disabled or deleted connection stops
+accepting or collecting, an enabled one starts, without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import CancelScope, TaskGroup, TaskStatus
+
+from mailpipe.enrich import default_enrichers
+from mailpipe.pipeline import Pipeline
+from mailpipe.runtime import Runtime
+from mailpipe.spool import SpooledMessage
+from mailpipe.types import CollectContext, Connection
+
+log = logging.getLogger("mailpipe.server")
+
+WATCH_INTERVAL = 0.2
+COLLECTOR_RESTART_SECONDS = (1.0, 60.0)
+
+
+class ConnectionDirectory:
+    """The server's current view of the connections, refreshed on every change."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Connection] = {}
+        self.by_address: dict[str, Connection] = {}
+        self.revision = -1
+        self.changed = anyio.Event()
+
+    def replace(self, connections: list[Connection], revision: int) -> None:
+        self.by_id = {c.id: c for c in connections}
+        self.by_address = {c.address.lower(): c for c in connections if c.address}
+        self.revision = revision
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def for_address(self, address: str) -> Connection | None:
+        return self.by_address.get(address.lower())
+
+
+@dataclass
+class _RunningCollector:
+    connection: Connection
+    scope: CancelScope
+
+
+@dataclass
+class Server:
+    runtime: Runtime
+    directory: ConnectionDirectory = field(default_factory=ConnectionDirectory)
+    pipeline: Pipeline | None = None
+    collectors: dict[str, _RunningCollector] = field(default_factory=dict)
+    started: anyio.Event = field(default_factory=anyio.Event)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        runtime = self.runtime
+        sinks = runtime.build_sinks()
+        self.pipeline = Pipeline(runtime.spool, sinks, runtime.config.pipeline, default_enrichers())
+        try:
+            async with anyio.create_task_group() as group:
+                await group.start(self.pipeline.run)
+                await self._refresh(group)
+                group.start_soon(self._watch, group)
+                if any(t.receives == "smtp" for t in runtime.host.connection_types.values()):
+                    from mailpipe.smtp.listener import run_smtp_listener
+
+                    await group.start(run_smtp_listener, self)
+                log.info(
+                    "mailpipe is running",
+                    extra={
+                        "config": runtime.config.source,
+                        "data_dir": str(runtime.config.data_dir),
+                        "sinks": [s.name for s in sinks],
+                        "connections": len(self.directory.by_id),
+                    },
+                )
+                self.started.set()
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for slot in sinks:
+                    await slot.sink.aclose()
+
+    # --- connection changes --------------------------------------------------
+
+    async def _watch(self, group: TaskGroup) -> None:
+        while True:
+            await anyio.sleep(WATCH_INTERVAL)
+            revision = await anyio.to_thread.run_sync(self.runtime.store.revision)
+            if revision != self.directory.revision:
+                await self._refresh(group)
+
+    async def _refresh(self, group: TaskGroup) -> None:
+        def read() -> tuple[list[Connection], int]:
+            revision = self.runtime.store.revision()
+            return self.runtime.service.list(), revision
+
+        connections, revision = await anyio.to_thread.run_sync(read)
+        self.directory.replace(connections, revision)
+        wanted = {
+            c.id: c
+            for c in connections
+            if c.enabled and self._receives(c) == "pull"
+        }
+        for connection_id, running in list(self.collectors.items()):
+            current = wanted.get(connection_id)
+            if current is None or _restart_key(current) != _restart_key(running.connection):
+                log.info("stopping collector", extra={"connection": connection_id})
+                running.scope.cancel()
+                del self.collectors[connection_id]
+        for connection_id, connection in wanted.items():
+            if connection_id not in self.collectors:
+                scope = CancelScope()
+                self.collectors[connection_id] = _RunningCollector(connection, scope)
+                group.start_soon(self._collect, connection, scope)
+
+    def _receives(self, connection: Connection) -> str | None:
+        connection_type = self.runtime.host.connection_types.get(connection.type)
+        return connection_type.receives if connection_type else None
+
+    # --- collectors ------------------------------------------------------------
+
+    async def _collect(self, connection: Connection, scope: CancelScope) -> None:
+        delay = COLLECTOR_RESTART_SECONDS[0]
+        with scope:
+            log.info("starting collector", extra={"connection": connection.id, "type": connection.type})
+            while True:
+                try:
+                    await self._run_collect_hooks(connection)
+                    log.warning("collector returned; restarting", extra={"connection": connection.id})
+                except Exception as error:
+                    log.error(
+                        "collector failed; restarting",
+                        extra={"connection": connection.id, "error": str(error), "retry_in_seconds": delay},
+                    )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, COLLECTOR_RESTART_SECONDS[1])
+
+    async def _run_collect_hooks(self, connection: Connection) -> None:
+        context = self.collect_context(connection)
+        results = self.runtime.host.manager.hook.mailpipe_collect(connection=connection, context=context)
+        async with anyio.create_task_group() as group:
+            for result in results:
+                if hasattr(result, "__await__"):
+                    group.start_soon(_await, result)
+
+    def collect_context(self, connection: Connection) -> CollectContext:
+        spool = self.runtime.spool
+        store = self.runtime.store
+
+        def stamp(metadata: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "connection_id": connection.id,
+                "connection_type": connection.type,
+                "provenance": connection.type,
+                **metadata,
+            }
+
+        async def spool_bytes(data: bytes, metadata: dict[str, Any]) -> str:
+            message: SpooledMessage = await spool.write_bytes(data, stamp(metadata))
+            return message.id
+
+        async def spool_chunks(chunks: Any, metadata: dict[str, Any]) -> str:
+            message = await spool.write_chunks(chunks, stamp(metadata))
+            return message.id
+
+        async def get_state(key: str) -> Any:
+            return await anyio.to_thread.run_sync(store.get_state, f"{connection.id}:{key}")
+
+        async def set_state(key: str, value: Any) -> None:
+            await anyio.to_thread.run_sync(store.set_state, f"{connection.id}:{key}", value)
+
+        return CollectContext(
+            spool_bytes=spool_bytes,
+            spool_chunks=spool_chunks,
+            get_state=get_state,
+            set_state=set_state,
+            find_connection=lambda cid: self.directory.by_id.get(cid),
+            log=logging.LoggerAdapter(log, {"connection": connection.id}),
+        )
+
+
+async def _await(awaitable: Any) -> None:
+    await awaitable
+
+
+def _restart_key(connection: Connection) -> tuple[Any, ...]:
+    return (connection.type, connection.updated, connection.enabled)
+
+
+async def serve(runtime: Runtime) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly: whatever was not yet
+    stored stays in the spool for the next start."""
+    server = Server(runtime)
+    async with anyio.create_task_group() as group:
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for received in signals:
+                    log.info("stopping on signal", extra={"signal": signal.Signals(received).name})
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(stop_on_signal)
+        await group.start(server.run)
+    log.info("mailpipe stopped")

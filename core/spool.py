@@ -1,0 +1,298 @@
+"""The durable spool: nothing is acknowledged before it is here and fsynced.
+
+Layout under ``<data_dir>/spool``::
+
+    tmp/          messages being received (removed at start: never acknowledged)
+    queue/        ID.eml (raw bytes), ID.json (metadata), ID.state.json (delivery progress)
+    quarantine/   the same three files, for messages that kept failing
+
+A message is committed by: fsync of ID.eml, rename into queue/, write and
+fsync ID.json, rename into queue/, fsync of queue/. ID.json is the commit
+mark: an ID.eml without it was never acknowledged and is removed on start.
+Directory fsyncs are shared by concurrent commits (group commit), so many
+sessions committing at once cost one directory sync rather than one each.
+
+The spool is written on anyio; the blocking calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterable, Callable, Iterable, Iterator
+
+import anyio
+import anyio.to_thread
+
+CHUNK_SIZE = 256 * 1024
+QUEUE, QUARANTINE, TMP = "queue", "quarantine", "tmp"
+
+
+def new_spool_id() -> str:
+    """Sortable by arrival (milliseconds), unique by 48 random bits."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+@dataclass
+class SpooledMessage:
+    id: str
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return int(self.metadata["size"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.metadata["sha256"])
+
+    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        with open(self.path, "rb") as handle:
+            while chunk := handle.read(size):
+                yield chunk
+
+
+@dataclass
+class DeliveryState:
+    """Per-message progress: which sinks confirmed, how often it failed."""
+
+    attempts: int = 0
+    stored_in: list[str] = field(default_factory=list)
+    next_attempt: float = 0.0
+    last_error: str = ""
+    quarantined_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "DeliveryState":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class _DirectorySync:
+    """Coalesces fsyncs of one directory across concurrent commits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requested = 0
+        self.completed = 0
+        self.lock = anyio.Lock()
+
+    async def sync(self) -> None:
+        self.requested += 1
+        ticket = self.requested
+        async with self.lock:
+            if self.completed >= ticket:
+                return
+            covered = self.requested
+            await anyio.to_thread.run_sync(fsync_directory, self.path)
+            self.completed = covered
+
+
+class SpoolWriter:
+    """Receives one message in pieces; ``commit`` makes it durable.
+
+    ``write`` is synchronous and cheap (buffered into the page cache) so a
+    protocol handler can call it from the event loop as data arrives; the
+    fsyncs happen in ``commit``, in a worker thread.
+    """
+
+    def __init__(self, spool: "Spool", metadata: dict[str, Any]) -> None:
+        self.spool = spool
+        self.id = new_spool_id()
+        self.metadata = dict(metadata)
+        self._tmp_path = spool.root / TMP / f"{self.id}.eml"
+        self._file = open(self._tmp_path, "wb", buffering=CHUNK_SIZE)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.done = False
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    async def commit(self, **extra_metadata: Any) -> SpooledMessage:
+        metadata = {
+            **self.metadata,
+            **extra_metadata,
+            "spool_id": self.id,
+            "size": self.size,
+            "sha256": self._hash.hexdigest(),
+        }
+        metadata.setdefault("received_at", _utc_now())
+        await anyio.to_thread.run_sync(self._make_durable, metadata)
+        await self.spool.queue_sync.sync()
+        self.done = True
+        message = SpooledMessage(self.id, self.spool.root / QUEUE / f"{self.id}.eml", metadata)
+        self.spool.announce(message)
+        return message
+
+    def _make_durable(self, metadata: dict[str, Any]) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        queue = self.spool.root / QUEUE
+        os.rename(self._tmp_path, queue / f"{self.id}.eml")
+        write_json_durably(queue / f"{self.id}.json", metadata, self.spool.root / TMP)
+
+    def abort(self) -> None:
+        """Forget a message that was not acknowledged (client went away, too big...)."""
+        if self.done:
+            return
+        self.done = True
+        self._file.close()
+        self._tmp_path.unlink(missing_ok=True)
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for name in (QUEUE, QUARANTINE, TMP):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        self.queue_sync = _DirectorySync(root / QUEUE)
+        self._listeners: list[Callable[[SpooledMessage], None]] = []
+
+    # --- writing ---------------------------------------------------------
+
+    def writer(self, metadata: dict[str, Any]) -> SpoolWriter:
+        return SpoolWriter(self, metadata)
+
+    async def write_bytes(self, data: bytes, metadata: dict[str, Any]) -> SpooledMessage:
+        writer = self.writer(metadata)
+        try:
+            writer.write(data)
+            return await writer.commit()
+        finally:
+            writer.abort()
+
+    async def write_chunks(
+        self, chunks: Iterable[bytes] | AsyncIterable[bytes], metadata: dict[str, Any]
+    ) -> SpooledMessage:
+        writer = self.writer(metadata)
+        try:
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:  # type: ignore[union-attr]
+                    writer.write(chunk)
+            else:
+                for chunk in chunks:  # type: ignore[union-attr]
+                    writer.write(chunk)
+            return await writer.commit()
+        finally:
+            writer.abort()
+
+    # --- notification ----------------------------------------------------
+
+    def subscribe(self, listener: Callable[[SpooledMessage], None]) -> None:
+        self._listeners.append(listener)
+
+    def announce(self, message: SpooledMessage) -> None:
+        for listener in self._listeners:
+            listener(message)
+
+    # --- reading and housekeeping ----------------------------------------
+
+    def recover(self) -> int:
+        """Drop what was never acknowledged; returns how many files went."""
+        removed = 0
+        for leftover in (self.root / TMP).iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        queue = self.root / QUEUE
+        for raw in queue.glob("*.eml"):
+            if not raw.with_suffix(".json").exists():
+                raw.unlink(missing_ok=True)
+                removed += 1
+        for state in queue.glob("*.state.json"):
+            if not (queue / state.name.replace(".state.json", ".json")).exists():
+                state.unlink(missing_ok=True)
+        return removed
+
+    def pending(self, where: str = QUEUE) -> list[SpooledMessage]:
+        """Committed messages, oldest first."""
+        messages = []
+        for meta_path in sorted((self.root / where).glob("*.json")):
+            if meta_path.name.endswith(".state.json"):
+                continue
+            message = self.load(meta_path.stem, where)
+            if message is not None:
+                messages.append(message)
+        return messages
+
+    def pending_ids(self) -> set[str]:
+        return {
+            name[:-5]
+            for name in os.listdir(self.root / QUEUE)
+            if name.endswith(".json") and not name.endswith(".state.json")
+        }
+
+    def load(self, spool_id: str, where: str = QUEUE) -> SpooledMessage | None:
+        directory = self.root / where
+        try:
+            metadata = json.loads((directory / f"{spool_id}.json").read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        return SpooledMessage(spool_id, directory / f"{spool_id}.eml", metadata)
+
+    def state(self, spool_id: str, where: str = QUEUE) -> DeliveryState:
+        try:
+            data = json.loads((self.root / where / f"{spool_id}.state.json").read_text("utf-8"))
+        except FileNotFoundError:
+            return DeliveryState()
+        return DeliveryState.from_json(data)
+
+    def save_state(self, spool_id: str, state: DeliveryState, where: str = QUEUE) -> None:
+        write_json_durably(self.root / where / f"{spool_id}.state.json", state.to_json(), self.root / TMP)
+
+    def update_metadata(self, message: SpooledMessage) -> None:
+        write_json_durably(self.root / QUEUE / f"{message.id}.json", message.metadata, self.root / TMP)
+
+    def remove(self, spool_id: str) -> None:
+        """Called only after every required sink confirmed."""
+        queue = self.root / QUEUE
+        # The commit mark goes first: a crash in between leaves a bare .eml
+        # that recover() discards, never a message that is delivered twice.
+        (queue / f"{spool_id}.json").unlink(missing_ok=True)
+        (queue / f"{spool_id}.eml").unlink(missing_ok=True)
+        (queue / f"{spool_id}.state.json").unlink(missing_ok=True)
+
+    def move(self, spool_id: str, source: str, destination: str) -> None:
+        """Between queue/ and quarantine/; the metadata (commit mark) moves last."""
+        src, dst = self.root / source, self.root / destination
+        for suffix in (".eml", ".state.json", ".json"):
+            path = src / f"{spool_id}{suffix}"
+            if path.exists():
+                os.rename(path, dst / path.name)
+        fsync_directory(dst)
+        fsync_directory(src)
+
+
+def write_json_durably(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
+    """Write, fsync, rename: readers see the old or the new file, never half."""
+    tmp = tmp_dir / f"{path.name}.{secrets.token_hex(4)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+
+
+def fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

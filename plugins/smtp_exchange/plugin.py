@@ -1,0 +1,104 @@
+"""smtp_exchange: a local Exchange journals to a unique address.
+
+Settings: ``sender_servers`` — one or more IPv4/IPv6 addresses or CIDR
+ranges. Mail is accepted only from those servers (or, with ``[smtp]
+proxy_protocol = true``, from those proxied source addresses).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from mailpipe import hookimpl
+from mailpipe.plugins.smtp_common import disabled_decision
+from mailpipe.types import Connection, ConnectionType, Decision, Envelope, Setting, TestResult, ValidationContext
+
+TYPE = "smtp_exchange"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@hookimpl
+def mailpipe_connection_types() -> list[ConnectionType]:
+    return [
+        ConnectionType(
+            name=TYPE,
+            description="Local Exchange journaling over SMTP from listed sender servers",
+            receives="smtp",
+            provenance="smtp",
+            settings=(
+                Setting(
+                    "sender_servers",
+                    "list",
+                    required=True,
+                    help="comma-separated IPv4/IPv6 addresses or CIDR ranges of your Exchange servers",
+                ),
+            ),
+        )
+    ]
+
+
+def parse_networks(entries: list[str]) -> tuple[list[Network], list[str]]:
+    networks, problems = [], []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            problems.append(f"sender server {entry!r} is not an IP address or CIDR range")
+    return networks, problems
+
+
+@hookimpl
+def mailpipe_validate(
+    connection_type: str, settings: dict[str, Any], context: ValidationContext
+) -> list[str] | None:
+    if connection_type != TYPE:
+        return None
+    entries = settings["sender_servers"]
+    if isinstance(entries, str):
+        entries = [e for e in entries.split(",") if e.strip()]
+    networks, problems = parse_networks(entries)
+    if not problems:
+        settings["sender_servers"] = [str(n) for n in networks]
+    return problems
+
+
+_cache: dict[tuple[str, ...], list[Network]] = {}
+
+
+def allowed(client_ip: str, sender_servers: list[str]) -> bool:
+    key = tuple(sender_servers)
+    networks = _cache.get(key)
+    if networks is None:
+        networks = _cache[key] = parse_networks(list(sender_servers))[0]
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address.version == n.version and address in n for n in networks)
+
+
+@hookimpl
+def mailpipe_accept(connection: Connection, envelope: Envelope) -> Decision | None:
+    if connection.type != TYPE:
+        return None
+    if not connection.enabled:
+        return disabled_decision(connection)
+    if not allowed(envelope.client_ip, connection.settings.get("sender_servers", [])):
+        return Decision.deny(
+            550,
+            f"5.7.1 sending server {envelope.client_ip} is not allowed for this connection",
+        )
+    return Decision.accept()
+
+
+@hookimpl
+def mailpipe_test(connection: Connection) -> TestResult | None:
+    if connection.type != TYPE:
+        return None
+    warnings = ()
+    if not connection.enabled:
+        warnings = ("the connection is disabled: journal reports sent to it are refused until you enable it",)
+    return TestResult(ok=True, warnings=warnings, details={"address": connection.address})

@@ -1,0 +1,235 @@
+"""The filesystem sink: raw bytes, content-addressed, atomic, idempotent.
+
+Layout under ``path``::
+
+    <connection id>/<sha256[:2]>/<sha256>.eml    the message, byte for byte
+    <connection id>/<sha256[:2]>/<sha256>.json   metadata: facts and every arrival
+
+Each connection keeps its own copy. The same bytes arriving twice for one
+connection (an SMTP retry, the failover path, a re-delivery after a crash)
+are stored once; the metadata lists every arrival, keyed by spool id so a
+retried delivery does not add a second one.
+
+Writes go to a temporary file, are fsynced, renamed into place, and the
+directory is fsynced: a reader sees the whole message or nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import anyio.to_thread
+
+from mailpipe import hookimpl
+from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory
+from mailpipe.types import Setting, SinkContext, SinkType, TestResult
+
+#: Facts that describe one arrival rather than the message itself.
+ARRIVAL_KEYS = (
+    "spool_id",
+    "received_at",
+    "provenance",
+    "connection_id",
+    "connection_type",
+    "smtp",
+    "imap",
+    "source",
+    "notes",
+)
+
+
+@dataclass(frozen=True)
+class ArchivedMessage:
+    id: str
+    eml_path: Path
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    id: str
+    problem: str
+
+
+class FilesystemSink:
+    def __init__(self, name: str, settings: dict[str, Any], context: SinkContext) -> None:
+        if not settings.get("path"):
+            raise ValueError(f"sink {name!r}: the filesystem sink needs path = \"...\"")
+        self.name = name
+        root = Path(settings["path"]).expanduser()
+        self.root = root if root.is_absolute() else Path(context.config_dir) / root
+        self.fsync = bool(settings.get("fsync", True))
+
+    # --- storing -----------------------------------------------------------
+
+    async def store(self, message: SpooledMessage) -> None:
+        await anyio.to_thread.run_sync(self._store, message)
+
+    def _store(self, message: SpooledMessage) -> None:
+        connection_id = str(message.metadata.get("connection_id") or "unknown")
+        directory = self.root / _safe(connection_id) / message.sha256[:2]
+        directory.mkdir(parents=True, exist_ok=True)
+        eml = directory / f"{message.sha256}.eml"
+        with self._locked(connection_id, message.sha256):
+            if not eml.exists():
+                self._write_atomically(eml, message.chunks())
+            meta_path = eml.with_suffix(".json")
+            existing = _read_json(meta_path)
+            merged = merge_metadata(existing, message.metadata)
+            if merged != existing:
+                payload = json.dumps(merged, ensure_ascii=False, sort_keys=True, indent=1).encode()
+                self._write_atomically(meta_path, iter([payload]))
+
+    def _write_atomically(self, path: Path, chunks: Iterator[bytes]) -> None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                if self.fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.rename(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.fsync:
+            fsync_directory(path.parent)
+
+    def _locked(self, connection_id: str, sha256: str) -> "_FileLock":
+        lock_dir = self.root / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return _FileLock(lock_dir / f"{_safe(connection_id)}-{sha256[:16]}.lock")
+
+    # --- checking ----------------------------------------------------------
+
+    async def test(self) -> TestResult:
+        def probe() -> TestResult:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._write_atomically(self.root / ".write-test", iter([b"ok"]))
+                (self.root / ".write-test").unlink()
+            except OSError as error:
+                return TestResult(
+                    ok=False,
+                    error=f"cannot write under {self.root}: {error.strerror or error}; "
+                    "check the path and its permissions",
+                )
+            return TestResult(ok=True, details={"path": str(self.root)})
+
+        return await anyio.to_thread.run_sync(probe)
+
+    async def aclose(self) -> None:
+        return None
+
+    # --- reading (archive list / show / verify) ------------------------------
+
+    def entries(self) -> Iterator[ArchivedMessage]:
+        if not self.root.exists():
+            return
+        for meta_path in sorted(self.root.glob("*/??/*.json")):
+            if meta_path.name.startswith("."):
+                continue
+            eml = meta_path.with_suffix(".eml")
+            archive_id = f"{meta_path.parent.parent.name}/{meta_path.stem}"
+            yield ArchivedMessage(archive_id, eml, _read_json(meta_path))
+
+    def find(self, archive_id: str) -> list[ArchivedMessage]:
+        """By ``connection/sha256``, by sha256, or by a unique prefix of either."""
+        return [
+            entry
+            for entry in self.entries()
+            if entry.id.startswith(archive_id) or entry.id.split("/", 1)[1].startswith(archive_id)
+        ]
+
+    def verify(self) -> tuple[int, list[Mismatch]]:
+        checked, mismatches = 0, []
+        for entry in self.entries():
+            checked += 1
+            expected = entry.eml_path.stem
+            if not entry.eml_path.exists():
+                mismatches.append(Mismatch(entry.id, "message file is missing"))
+                continue
+            actual = sha256_of(entry.eml_path)
+            if actual != expected:
+                mismatches.append(
+                    Mismatch(entry.id, f"content hash is {actual}, the name and metadata say {expected}")
+                )
+            elif entry.metadata.get("sha256") not in (None, expected):
+                mismatches.append(Mismatch(entry.id, "metadata sha256 differs from the message"))
+        return checked, mismatches
+
+
+def merge_metadata(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+    """Message facts from the first arrival; every arrival recorded once."""
+    arrival = {key: incoming[key] for key in ARRIVAL_KEYS if key in incoming}
+    if not existing:
+        facts = {key: value for key, value in incoming.items() if key not in ARRIVAL_KEYS}
+        facts.pop("enriched", None)
+        facts["connection_id"] = incoming.get("connection_id")
+        facts["connection_type"] = incoming.get("connection_type")
+        facts["arrivals"] = [arrival]
+        return facts
+    merged = dict(existing)
+    arrivals = list(existing.get("arrivals", []))
+    if all(a.get("spool_id") != arrival.get("spool_id") for a in arrivals):
+        arrivals.append(arrival)
+    merged["arrivals"] = arrivals
+    return merged
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _FileLock:
+    """An exclusive flock, so concurrent workers (and processes) merge metadata safely."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: Any = None
+
+    def __enter__(self) -> "_FileLock":
+        self.handle = open(self.path, "a+b")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "unknown"
+
+
+@hookimpl
+def mailpipe_sink_types() -> list[SinkType]:
+    return [
+        SinkType(
+            name="filesystem",
+            description="Raw messages and metadata JSON in a directory, content-addressed by SHA-256",
+            factory=FilesystemSink,
+            settings=(
+                Setting("path", "path", required=True, help="directory of the archive"),
+                Setting("fsync", "bool", default=True, help="fsync files and directories (keep true)"),
+            ),
+        )
+    ]
