@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mailpipe.logs import setup_logging
 
-    setup_logging("WARNING")
+    setup_logging("WARNING", human=True)
     try:
         return int(args.handler(args) or 0)
     except MailpipeError as error:

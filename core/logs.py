@@ -30,9 +30,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO") -> None:
+class HumanFormatter(logging.Formatter):
+    """For one-shot CLI commands: ``mailpipe: warning: text (key=value, ...)``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = ", ".join(
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
+        )
+        text = f"mailpipe: {record.levelname.lower()}: {record.getMessage()}"
+        return f"{text} ({extras})" if extras else text
+
+
+def setup_logging(level: str = "INFO", human: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(HumanFormatter() if human else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

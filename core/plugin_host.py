@@ -85,6 +85,12 @@ class PluginHost:
                 )
                 continue
             self.register(module, entry_point.name, _distribution_of(entry_point))
+            try:
+                self.manager.check_pending()
+            except pluggy.PluginValidationError as error:
+                self.manager.unregister(name=entry_point.name)
+                self.infos.pop(entry_point.name, None)
+                self.broken.append(BrokenPlugin(entry_point.name, entry_point.value, _hook_typo(error)))
         self.collect_registrations()
 
     def register(self, module: ModuleType | object, name: str, dist: tuple[str, str] = ("", "")) -> None:
@@ -100,7 +106,10 @@ class PluginHost:
 
     def collect_registrations(self) -> None:
         """Gather connection and sink types; a name registered twice is an error."""
-        self.manager.check_pending()
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as error:
+            raise PluginError(_hook_typo(error)) from None
         self.connection_types.clear()
         self.sink_types.clear()
         ct_owner: dict[str, str] = {}
@@ -197,6 +206,12 @@ def _distribution_of(entry_point: EntryPoint) -> tuple[str, str]:
     if dist is None:
         return ("", "")
     return (dist.metadata["Name"] or "", dist.version or "")
+
+
+def _hook_typo(error: pluggy.PluginValidationError) -> str:
+    return (
+        f"{error}; mailpipe has no such hook — check the spelling against docs/plugins.md"
+    )
 
 
 def _env_list(name: str) -> list[str] | None:

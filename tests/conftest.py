@@ -1,0 +1,28 @@
+"""Shared fixtures. Real peers (Dovecot, an S3 API server) come from tests/peers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import write_config
+
+from peers.fixtures import *  # noqa: F401,F403,E402  (dovecot, moto_s3, certs, ...)
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    """A config in a fresh directory: data in tmp/data, archive in tmp/archive."""
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def archive_dir(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Core tests marked ``@pytest.mark.anyio`` run on both backends."""
+    return str(request.param)
