@@ -18,6 +18,19 @@ def config_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def write(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write message bytes to a fresh file and return its path."""
+    counter = iter(range(1_000_000))
+
+    def write(data: bytes) -> Path:
+        path = tmp_path / f"message-{next(counter)}.eml"
+        path.write_bytes(data)
+        return path
+
+    return write
+
+
+@pytest.fixture
 def archive_dir(tmp_path: Path) -> Path:
     return tmp_path / "archive"
 

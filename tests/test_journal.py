@@ -33,16 +33,6 @@ DEFAULT_ENVELOPE = [
 Write = Callable[[bytes], Path]
 
 
-@pytest.fixture
-def write(tmp_path: Path) -> Write:
-    counter = iter(range(1_000_000))
-
-    def write(data: bytes) -> Path:
-        path = tmp_path / f"message-{next(counter)}.eml"
-        path.write_bytes(data)
-        return path
-
-    return write
 
 
 def parse(write: Write, data: bytes) -> dict[str, Any] | None:

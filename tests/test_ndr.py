@@ -28,16 +28,6 @@ from mailpipe.ndr import extract_wrapped_journal_report, find_wrapped_journal_re
 Write = Callable[[bytes], Path]
 
 
-@pytest.fixture
-def write(tmp_path: Path) -> Write:
-    counter = iter(range(1_000_000))
-
-    def write(data: bytes) -> Path:
-        path = tmp_path / f"message-{next(counter)}.eml"
-        path.write_bytes(data)
-        return path
-
-    return write
 
 
 def sliced(path: Path) -> bytes | None:
