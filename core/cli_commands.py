@@ -387,7 +387,13 @@ def cmd_sinks_test(args: argparse.Namespace) -> int:
             await slot.sink.aclose()
         return results
 
+    def human(rs: list[dict[str, Any]]) -> str:
+        lines = []
+        for r in rs:
+            lines.append(f"{r['name']:<16} {'ok' if r['ok'] else 'FAILED: ' + r['error']}")
+            lines += [f"{'':<16} warning: {w}" for w in r["warnings"]]
+        return "\n".join(lines)
+
     rows = run_async(test_all)
-    emit(args, rows, lambda rs: "\n".join(
-        f"{r['name']:<16} {'ok' if r['ok'] else 'FAILED: ' + r['error']}" for r in rs))
+    emit(args, rows, human)
     return 0 if all(r["ok"] for r in rows) else 1

@@ -121,6 +121,10 @@ def parse_config(text: str, base: Path, source: str) -> Config:
             raise ConfigError(f"{source}: sink #{index + 1} has no 'type'")
         sink = dict(sink)
         sink.setdefault("name", sink["type"] if index == 0 else f"{sink['type']}-{index + 1}")
+        if not isinstance(sink.get("required", True), bool):
+            raise ConfigError(
+                f"{source}: sink {sink['name']!r}: required must be true or false (without quotes)"
+            )
         resolved_sinks.append(sink)
     names = [s["name"] for s in resolved_sinks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
