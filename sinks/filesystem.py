@@ -8,7 +8,8 @@ Layout under ``path``::
 Each connection keeps its own copy. The same bytes arriving twice for one
 connection (an SMTP retry, the failover path, a re-delivery after a crash)
 are stored once; the metadata lists every arrival, keyed by spool id so a
-retried delivery does not add a second one.
+retried delivery does not add a second one (an IMAP message re-collected
+after a crash is the same arrival too: same mailbox, UIDVALIDITY and UID).
 
 Writes go to a temporary file, are fsynced, renamed into place, and the
 directory is fsynced: a reader sees the whole message or nothing.
@@ -42,6 +43,7 @@ ARRIVAL_KEYS = (
     "imap",
     "source",
     "notes",
+    "via_connection",
 )
 
 
@@ -178,10 +180,21 @@ def merge_metadata(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[s
         return facts
     merged = dict(existing)
     arrivals = list(existing.get("arrivals", []))
-    if all(a.get("spool_id") != arrival.get("spool_id") for a in arrivals):
+    if not any(_same_arrival(a, arrival) for a in arrivals):
         arrivals.append(arrival)
     merged["arrivals"] = arrivals
     return merged
+
+
+def _same_arrival(recorded: dict[str, Any], arrival: dict[str, Any]) -> bool:
+    """One spool id is one arrival; so is one IMAP message (same connection,
+    mailbox, UIDVALIDITY and UID) spooled again because a crash came between
+    its spooling and the collector's checkpoint."""
+    if recorded.get("spool_id") == arrival.get("spool_id"):
+        return True
+    return bool(arrival.get("imap")) and all(
+        recorded.get(key) == arrival.get(key) for key in ("imap", "connection_id", "provenance")
+    )
 
 
 def sha256_of(path: Path) -> str:

@@ -1,0 +1,320 @@
+"""Collecting one mailbox: incremental, batched, crash-safe, reconnecting.
+
+For every message, in this order (the durability rule):
+
+1. ``UID FETCH BODY.PEEK[]`` — in batches of up to ``BATCH_MESSAGES``;
+2. spooled — ``context.spool_bytes`` returns once the message is fsynced;
+3. checkpoint — (UIDVALIDITY, last UID) written to the state store;
+4. ``after_archive`` at the server — flag ``\\Seen``, move, or delete —
+   in batches of up to ``ACTION_BATCH`` UIDs.
+
+What a crash leaves behind, and how the next start repairs it:
+
+- between 1 and 2: nothing was acknowledged; the message is fetched again.
+- between 2 and 3: the message is spooled but the checkpoint does not say
+  so; it is fetched and spooled again. The sink is content-addressed, so it
+  is still stored once, and the arrival carries the same mailbox,
+  UIDVALIDITY and UID, so it is recorded as the same arrival.
+- between 3 and 4: spooled and checkpointed, still on the server. When a
+  session starts, every UID at or below the checkpoint that is still in the
+  mailbox (or still unseen, for ``seen``) gets its action without being
+  fetched again. Nothing is ever deleted before it is spooled.
+
+UIDVALIDITY changes when the server renumbers the mailbox: the checkpoint
+is then meaningless, and everything in the mailbox is collected again
+(content addressing keeps the archive from growing twice).
+
+Fetching and spooling overlap: while one batch is being fsynced into the
+spool (its fsyncs are shared by the spool's group commit), the next one is
+on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from mailpipe.plugins.imap.client import (
+    LARGE_MESSAGE_BYTES,
+    IdleRefused,
+    ImapError,
+    ImapSession,
+    MailboxStatus,
+)
+from mailpipe.plugins.imap.probe import asyncio_required
+from mailpipe.plugins.imap.settings import ImapSettings
+from mailpipe.types import CollectContext, Connection
+
+log = logging.getLogger("mailpipe.imap")
+
+BATCH_MESSAGES = 100  # aioimaplib parses a read recursively, a few frames per message: keep batches modest
+BATCH_BYTES = 16 * 1024 * 1024
+ACTION_BATCH = 500
+#: Messages of one batch being fsynced into the spool at once. More is not
+#: faster: beyond a few dozen, threads only queue for the disk and the GIL.
+SPOOL_CONCURRENCY = 32
+IDLE_SECONDS = 120.0  # re-issue IDLE this often; also bounds how long a silent dead peer goes unnoticed
+RECONNECT_SECONDS = (1.0, 60.0)
+CHECKPOINT_KEY = "checkpoint"
+
+
+@dataclass
+class FetchedMessage:
+    """One message on its way to the spool: whole (``data``) or, when large,
+    as ranges fetched on demand (``chunks()``)."""
+
+    uid: int
+    source: dict[str, Any]
+    data: bytes | bytearray | None = None
+    chunks: Callable[[], AsyncIterator[bytes | bytearray]] | None = None
+
+
+#: What the connection type does with a fetched message: spool it (``imap``)
+#: or unwrap it first (``imap_failover``). Returns once it is durable.
+Deliver = Callable[[FetchedMessage], Awaitable[None]]
+
+
+@dataclass
+class Checkpoint:
+    source: str
+    uidvalidity: int
+    last_uid: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "uidvalidity": self.uidvalidity, "last_uid": self.last_uid}
+
+
+@dataclass
+class _Batch:
+    messages: list[FetchedMessage]
+    highest_uid: int
+
+
+@dataclass
+class _Large:
+    message: FetchedMessage
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+async def spool_as_is(context: CollectContext, message: FetchedMessage) -> None:
+    """The ``imap`` delivery: the message, byte for byte, with where it came from."""
+    metadata = {"provenance": "imap", "imap": message.source}
+    if message.data is not None:
+        await context.spool_bytes(message.data, metadata)
+    else:
+        assert message.chunks is not None
+        await context.spool_chunks(message.chunks(), metadata)
+
+
+class Collector:
+    def __init__(
+        self,
+        connection: Connection,
+        context: CollectContext,
+        deliver: Deliver,
+        settings: ImapSettings | None = None,
+    ) -> None:
+        self.connection = connection
+        self.context = context
+        self.deliver = deliver
+        self.settings = settings or ImapSettings.from_connection(connection)
+        self.extra = {"connection": connection.id, "server": self.settings.server, "mailbox": self.settings.mailbox}
+        self._delay = RECONNECT_SECONDS[0]
+        self._spool_slots = anyio.Semaphore(SPOOL_CONCURRENCY)
+
+    # --- the outer loop: sessions, reconnects ----------------------------------
+
+    async def run(self) -> None:
+        """Collect until cancelled; reconnect with backoff after any failure."""
+        problem = asyncio_required()
+        if problem:
+            raise RuntimeError(problem)
+        while True:
+            try:
+                await self._session()
+            except ImapError as error:
+                log.warning(
+                    "IMAP collection interrupted; reconnecting",
+                    extra={**self.extra, "error": str(error), "retry_in_seconds": self._delay},
+                )
+            await anyio.sleep(self._delay)
+            self._delay = min(self._delay * 2, RECONNECT_SECONDS[1])
+
+    async def _session(self) -> None:
+        session = await ImapSession.open(self.settings)
+        try:
+            await session.login()
+            status = await session.select()
+            self._delay = RECONNECT_SECONDS[0]
+            log.info(
+                "IMAP session open",
+                extra={**self.extra, "uidvalidity": status.uidvalidity, "messages": status.exists,
+                       "idle": session.has("IDLE")},
+            )
+            checkpoint = await self._checkpoint_for(status)
+            await self._finish_interrupted_actions(session, checkpoint)
+            idle = session.has("IDLE")
+            while True:
+                await self.collect_new(session, checkpoint)
+                if idle:
+                    try:
+                        await session.wait_for_change(IDLE_SECONDS)
+                        continue
+                    except IdleRefused as error:
+                        idle = False
+                        log.warning(
+                            "IDLE refused; polling instead",
+                            extra={**self.extra, "error": str(error), "poll_interval": self.settings.poll_interval},
+                        )
+                await anyio.sleep(self.settings.poll_interval)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(2):
+                    await session.aclose()
+                session.abort()
+
+    # --- checkpoint -------------------------------------------------------------------
+
+    async def _checkpoint_for(self, status: MailboxStatus) -> Checkpoint:
+        saved = await self.context.get_state(CHECKPOINT_KEY) or {}
+        source = self.settings.source_key
+        if saved.get("source") == source and saved.get("uidvalidity") == status.uidvalidity:
+            return Checkpoint(source, status.uidvalidity, int(saved.get("last_uid", 0)))
+        if saved.get("source") == source:
+            log.warning(
+                "UIDVALIDITY changed: the server renumbered the mailbox; collecting every message in it "
+                "again (the archive stores each content once)",
+                extra={**self.extra, "old_uidvalidity": saved.get("uidvalidity"), "new_uidvalidity": status.uidvalidity},
+            )
+        checkpoint = Checkpoint(source, status.uidvalidity, 0)
+        await self.context.set_state(CHECKPOINT_KEY, checkpoint.to_json())
+        return checkpoint
+
+    async def _finish_interrupted_actions(self, session: ImapSession, checkpoint: Checkpoint) -> None:
+        """Spooled and checkpointed before a crash, still waiting for their action."""
+        if checkpoint.last_uid == 0:
+            return
+        criteria = "UNSEEN" if self.settings.after_archive == "seen" else ""
+        waiting = await session.search_uids(1, checkpoint.last_uid, criteria)
+        if waiting:
+            log.info(
+                "finishing after_archive for messages spooled before a restart",
+                extra={**self.extra, "count": len(waiting), "action": self.settings.after_archive},
+            )
+            await self._act(session, waiting)
+
+    # --- one pass over new mail ---------------------------------------------------------
+
+    async def collect_new(self, session: ImapSession, checkpoint: Checkpoint) -> int:
+        """Fetch, spool, checkpoint and act on every message above the checkpoint."""
+        uids = await session.search_uids(checkpoint.last_uid + 1)
+        if not uids:
+            return 0
+        acknowledged: list[int] = []
+        collected = 0
+        send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=1)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._spool_worker, receive, checkpoint, acknowledged)
+            async with send:
+                for chunk in _batched(uids, BATCH_MESSAGES):
+                    sizes = await session.fetch_sizes(chunk)
+                    for work in self._plan(chunk, sizes, checkpoint):
+                        if isinstance(work, _Large):
+                            work.message.chunks = _streamer(session, work.message.uid)
+                            await send.send(work)
+                            await work.done.wait()  # the worker uses the session meanwhile
+                            collected += 1
+                            continue
+                        bodies = await session.fetch_bodies([m.uid for m in work.messages])
+                        work.messages = [m for m in work.messages if m.uid in bodies]
+                        for message in work.messages:
+                            message.data = bodies[message.uid]
+                        del bodies
+                        collected += len(work.messages)
+                        await send.send(work)
+                        await self._act_when_due(session, acknowledged, ACTION_BATCH)
+        await self._act_when_due(session, acknowledged, 1)
+        log.info("collected messages", extra={**self.extra, "count": collected, "last_uid": checkpoint.last_uid})
+        return collected
+
+    def _plan(self, chunk: list[int], sizes: dict[int, int], checkpoint: Checkpoint) -> Iterator[_Batch | _Large]:
+        """Runs of small messages as batches, each large message on its own —
+        in UID order, so the checkpoint never passes a message not yet spooled."""
+        source = {"server": self.settings.server, "mailbox": self.settings.mailbox, "uidvalidity": checkpoint.uidvalidity}
+        batch: list[FetchedMessage] = []
+        batch_bytes = 0
+        for uid in chunk:
+            size = sizes.get(uid)
+            if size is None:  # expunged by someone else since the search
+                continue
+            message = FetchedMessage(uid=uid, source={**source, "uid": uid})
+            if size > LARGE_MESSAGE_BYTES:
+                if batch:
+                    yield _Batch(batch, batch[-1].uid)
+                    batch, batch_bytes = [], 0
+                yield _Large(message)
+                continue
+            if batch and batch_bytes + size > BATCH_BYTES:
+                yield _Batch(batch, batch[-1].uid)
+                batch, batch_bytes = [], 0
+            batch.append(message)
+            batch_bytes += size
+        if batch:
+            yield _Batch(batch, batch[-1].uid)
+
+    async def _spool_worker(
+        self, receive: MemoryObjectReceiveStream[Any], checkpoint: Checkpoint, acknowledged: list[int]
+    ) -> None:
+        async with receive:
+            async for work in receive:
+                if isinstance(work, _Large):
+                    try:
+                        await self.deliver(work.message)
+                    finally:
+                        work.done.set()
+                    uids, highest = [work.message.uid], work.message.uid
+                else:
+                    async with anyio.create_task_group() as group:
+                        for message in work.messages:
+                            group.start_soon(self._deliver_limited, message)
+                    uids, highest = [m.uid for m in work.messages], work.highest_uid
+                    work.messages.clear()  # let the bodies go
+                checkpoint.last_uid = max(checkpoint.last_uid, highest)
+                await self.context.set_state(CHECKPOINT_KEY, checkpoint.to_json())
+                acknowledged.extend(uids)
+
+    async def _deliver_limited(self, message: FetchedMessage) -> None:
+        async with self._spool_slots:
+            await self.deliver(message)
+
+    # --- after_archive ---------------------------------------------------------------
+
+    async def _act_when_due(self, session: ImapSession, acknowledged: list[int], minimum: int) -> None:
+        if len(acknowledged) < minimum:
+            return
+        uids = list(acknowledged)
+        acknowledged.clear()
+        await self._act(session, uids)
+
+    async def _act(self, session: ImapSession, uids: list[int]) -> None:
+        for part in _batched(sorted(uids), ACTION_BATCH):
+            if self.settings.after_archive == "delete":
+                await session.delete(part)
+            elif self.settings.after_archive == "move":
+                assert self.settings.move_to
+                await session.move(part, self.settings.move_to)
+            else:
+                await session.add_flags(part, "\\Seen")
+
+
+def _streamer(session: ImapSession, uid: int) -> Callable[[], AsyncIterator[bytes | bytearray]]:
+    return lambda: session.stream(uid)
+
+
+def _batched(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,58 @@
+"""The pure parts of the IMAP client: FETCH parsing and the linear completeness check.
+
+(The protocol itself is tested against Dovecot in the other test_imap_* modules.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aioimaplib
+
+from mailpipe.plugins.imap.client import _LinearFetchCommand, parse_fetch
+
+
+def test_parse_fetch_whatever_the_item_order() -> None:
+    lines = [
+        b"1 FETCH (UID 10 RFC822.SIZE 5 BODY[] {5}",
+        bytearray(b"hello"),
+        b")",
+        b"2 FETCH (BODY[] {3}",  # body first, UID after it
+        bytearray(b"abc"),
+        b" UID 11)",
+        b"3 FETCH (FLAGS (\\Seen))",  # unsolicited: another client set a flag
+        b'4 FETCH (UID 13 BODY[] "")',  # empty message as a quoted string
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    items = {item.uid: item for item in parse_fetch(lines)}
+    assert set(items) == {10, 11, 13}
+    assert items[10].body == b"hello" and items[10].size == 5
+    assert items[11].body == b"abc" and items[11].size is None
+    assert items[13].body == b""
+
+
+def test_parse_fetch_keeps_the_literal_object() -> None:
+    """No copy of a message body is made while parsing."""
+    body = bytearray(b"x" * 1000)
+    (item,) = parse_fetch([b"7 FETCH (UID 7 BODY[]<0> {1000}", body, b")", b"done"])
+    assert item.body is body
+
+
+def test_linear_completeness_check_agrees_with_aioimaplib() -> None:
+    async def compare() -> None:
+        rng = random.Random(7)
+        for _ in range(200):
+            stock = aioimaplib.FetchCommand("A1", "1:*", "(BODY[])", prefix="UID")
+            linear = _LinearFetchCommand("A1", "1:*", "(BODY[])", prefix="UID")
+            for _ in range(rng.randint(1, 30)):
+                line = rng.choice([
+                    b"%d FETCH (UID %d BODY[] {3}" % (rng.randint(1, 9), rng.randint(1, 9)),
+                    b")", b" FLAGS (\\Seen))", b"(", b"x", b"%d FETCH (FLAGS (\\Seen))" % rng.randint(1, 9),
+                ])
+                literal = rng.random() < 0.2
+                for command in (stock, linear):
+                    command._resp_lines.append(bytearray(b"(((") if literal else line)
+                assert stock.wait_data() == linear.wait_data()
+
+    asyncio.run(compare())
