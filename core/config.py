@@ -53,6 +53,7 @@ class PipelineConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     concurrency: int = 8
+    batch_size: int = 64  # messages handed to a sink's store_batch at once
 
 
 @dataclass(frozen=True)

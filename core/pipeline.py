@@ -26,7 +26,7 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from mailpipe.config import PipelineConfig
-from mailpipe.spool import QUARANTINE, QUEUE, Spool, SpooledMessage
+from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
 from mailpipe.types import Sink
 
 log = logging.getLogger("mailpipe.pipeline")
@@ -112,7 +112,13 @@ class Pipeline:
     async def _worker(self, receive: Any) -> None:
         async with receive:
             async for spool_id in receive:
-                await self.process(spool_id)
+                batch = [spool_id]
+                while len(batch) < max(1, self.settings.batch_size):
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await self.process_batch(batch)
 
     async def drain(self) -> None:
         """Process everything due now, then return (for tests and one-shot use)."""
@@ -124,53 +130,73 @@ class Pipeline:
     # --- one message -------------------------------------------------------
 
     async def process(self, spool_id: str) -> None:
-        if spool_id in self._inflight:  # scheduled twice (announce and rescan)
-            return
-        self._inflight.add(spool_id)
-        try:
-            await self._process(spool_id)
-        finally:
-            self._inflight.discard(spool_id)
+        await self.process_batch([spool_id])
 
-    async def _process(self, spool_id: str) -> None:
-        message = await anyio.to_thread.run_sync(self.spool.load, spool_id)
-        if message is None:  # delivered by another worker, or retried away
-            self._known.discard(spool_id)
-            return
-        state = await anyio.to_thread.run_sync(self.spool.state, spool_id)
-        await self._enrich(message)
-        errors: dict[str, str] = {}
-        optional_errors: dict[str, str] = {}
-        for slot in self.sinks:
-            if slot.name in state.stored_in:
-                continue
-            try:
-                await slot.sink.store(message)
-            except Exception as error:
-                text = f"{type(error).__name__}: {error}" if not str(error) else str(error)
-                (errors if slot.required else optional_errors)[slot.name] = text
-                continue
-            state.stored_in.append(slot.name)
-        for name, text in optional_errors.items():
-            log.warning(
-                "optional sink failed; the message is not held back for it",
-                extra={"spool_id": spool_id, "sink": name, "error": text},
-            )
-        if not errors:
-            await anyio.to_thread.run_sync(self.spool.remove, spool_id)
-            self._known.discard(spool_id)
+    async def process_batch(self, spool_ids: list[str]) -> None:
+        """Deliver several messages; sinks with ``store_batch`` get them at once."""
+        # Scheduled twice (announce and rescan) or already being delivered: skip.
+        chosen = [i for i in dict.fromkeys(spool_ids) if i not in self._inflight]
+        self._inflight.update(chosen)
+        try:
+            await self._process_batch(chosen)
+        finally:
+            self._inflight.difference_update(chosen)
+
+    async def _process_batch(self, spool_ids: list[str]) -> None:
+        loaded = await anyio.to_thread.run_sync(self._load_and_enrich, spool_ids)
+        for spool_id in set(spool_ids) - {m.id for m, _ in loaded}:
+            self._known.discard(spool_id)  # delivered by another worker, or retried away
+        errors: dict[str, dict[str, str]] = {}
+
+        async def deliver(slot: SinkSlot) -> None:
+            todo = [m for m, state in loaded if slot.name not in state.stored_in]
+            failed = await _store_all(slot, todo)
+            for message, state in loaded:
+                if message in todo and message.id not in failed:
+                    state.stored_in.append(slot.name)
+            for spool_id, text in failed.items():
+                if slot.required:
+                    errors.setdefault(spool_id, {})[slot.name] = text
+                else:
+                    log.warning(
+                        "optional sink failed; the message is not held back for it",
+                        extra={"spool_id": spool_id, "sink": slot.name, "error": text},
+                    )
+
+        async with anyio.create_task_group() as group:
+            for slot in self.sinks:
+                group.start_soon(deliver, slot)
+        delivered = [(m, state) for m, state in loaded if m.id not in errors]
+        await anyio.to_thread.run_sync(self._remove_all, [m.id for m, _ in delivered])
+        for message, state in delivered:
+            self._known.discard(message.id)
             self.delivered += 1
             log.info(
                 "message archived",
                 extra={
-                    "spool_id": spool_id,
+                    "spool_id": message.id,
                     "connection": message.metadata.get("connection_id"),
                     "sinks": state.stored_in,
                     "size": message.size,
                 },
             )
-            return
-        await self._failed(message, state, errors)
+        for message, state in loaded:
+            if message.id in errors:
+                await self._failed(message, state, errors[message.id])
+
+    def _load_and_enrich(self, spool_ids: list[str]) -> list[tuple[SpooledMessage, DeliveryState]]:
+        loaded = []
+        for spool_id in spool_ids:
+            message = self.spool.load(spool_id)
+            if message is None:
+                continue
+            self._enrich(message)
+            loaded.append((message, self.spool.state(spool_id)))
+        return loaded
+
+    def _remove_all(self, spool_ids: list[str]) -> None:
+        for spool_id in spool_ids:
+            self.spool.remove(spool_id)
 
     async def _failed(self, message: SpooledMessage, state: Any, errors: dict[str, str]) -> None:
         state.attempts += 1
@@ -204,22 +230,42 @@ class Pipeline:
         )
         self._schedule(message.id, state.next_attempt)
 
-    async def _enrich(self, message: SpooledMessage) -> None:
-        if message.metadata.get("enriched") or not self.enrichers:
-            return
+    def _enrich(self, message: SpooledMessage) -> None:
+        """Add parsed facts to the metadata handed to the sinks.
 
-        def enrich() -> None:
-            for enricher in self.enrichers:
-                try:
-                    message.metadata.update(enricher(message))
-                except Exception as error:  # parsing is best effort; the bytes are the evidence
-                    message.metadata.setdefault("warnings", []).append(
-                        f"{getattr(enricher, '__name__', 'enricher')} failed: {error}"
-                    )
-            message.metadata["enriched"] = True
-            self.spool.update_metadata(message)
+        Not written back to the spool: a retried message is parsed again,
+        which costs less than a durable metadata rewrite for every message.
+        """
+        for enricher in self.enrichers:
+            try:
+                message.metadata.update(enricher(message))
+            except Exception as error:  # parsing is best effort; the bytes are the evidence
+                message.metadata.setdefault("warnings", []).append(
+                    f"{getattr(enricher, '__name__', 'enricher')} failed: {error}"
+                )
 
-        await anyio.to_thread.run_sync(enrich)
+
+async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str, str]:
+    """Store in one sink; returns ``{spool id: error text}`` for the failures."""
+    if not messages:
+        return {}
+    store_batch = getattr(slot.sink, "store_batch", None)
+    if store_batch is not None and len(messages) > 1:
+        try:
+            return dict(await store_batch(messages))
+        except Exception as error:
+            return {m.id: _describe(error) for m in messages}
+    failed = {}
+    for message in messages:
+        try:
+            await slot.sink.store(message)
+        except Exception as error:
+            failed[message.id] = _describe(error)
+    return failed
+
+
+def _describe(error: Exception) -> str:
+    return str(error) or type(error).__name__
 
 
 def retry_quarantined(spool: Spool, spool_ids: list[str] | None = None) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import anyio.to_thread
 
 from mailpipe import hookimpl
+from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
 
@@ -74,11 +75,64 @@ class FilesystemSink:
     async def store(self, message: SpooledMessage) -> None:
         await anyio.to_thread.run_sync(self._store, message)
 
+    async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+        """Store many messages with one pair of filesystem syncs (see
+        mailpipe.durability); returns ``{spool id: error}`` for failures."""
+        if SYNCFS is None or not self.fsync or len(messages) < 2:
+            return await _store_each(self, messages)
+        return await anyio.to_thread.run_sync(self._store_batch, messages)
+
+    def _store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        renames: list[tuple[Path, Path]] = []
+        planned_json: dict[Path, dict[str, Any]] = {}
+        planned_eml: set[Path] = set()
+        locks: dict[tuple[str, str], _FileLock] = {}
+        def lock_order(message: SpooledMessage) -> tuple[str, str]:
+            # One order for every batch, so two concurrent batches never deadlock.
+            return (str(message.metadata.get("connection_id") or "unknown"), message.sha256)
+
+        try:
+            for message in sorted(messages, key=lock_order):
+                try:
+                    key = lock_order(message)
+                    connection_id = key[0]
+                    if key not in locks:
+                        locks[key] = self._locked(*key).__enter__()
+                    eml = self._eml_path(connection_id, message.sha256)
+                    if eml not in planned_eml and not eml.exists():
+                        renames.append((self._write_temporary(eml, message.chunks()), eml))
+                        planned_eml.add(eml)
+                    meta_path = eml.with_suffix(".json")
+                    existing = planned_json.get(meta_path) or _read_json(meta_path)
+                    merged = merge_metadata(existing, message.metadata)
+                    if merged != existing:
+                        planned_json[meta_path] = merged
+                except OSError as error:
+                    errors[message.id] = f"cannot write under {self.root}: {error}"
+            for meta_path, merged in planned_json.items():
+                payload = json.dumps(merged, ensure_ascii=False, sort_keys=True, indent=1).encode()
+                renames.append((self._write_temporary(meta_path, iter([payload])), meta_path))
+            # Data durable first, then the names that make it visible.
+            sync_filesystem_of(self.root)
+            for temporary, final in renames:
+                os.rename(temporary, final)
+            sync_filesystem_of(self.root)
+        finally:
+            for temporary, _final in renames:
+                temporary.unlink(missing_ok=True)
+            for lock in locks.values():
+                lock.__exit__()
+        return errors
+
+    def _eml_path(self, connection_id: str, sha256: str) -> Path:
+        directory = self.root / _safe(connection_id) / sha256[:2]
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{sha256}.eml"
+
     def _store(self, message: SpooledMessage) -> None:
         connection_id = str(message.metadata.get("connection_id") or "unknown")
-        directory = self.root / _safe(connection_id) / message.sha256[:2]
-        directory.mkdir(parents=True, exist_ok=True)
-        eml = directory / f"{message.sha256}.eml"
+        eml = self._eml_path(connection_id, message.sha256)
         with self._locked(connection_id, message.sha256):
             if not eml.exists():
                 self._write_atomically(eml, message.chunks())
@@ -90,19 +144,28 @@ class FilesystemSink:
                 self._write_atomically(meta_path, iter([payload]))
 
     def _write_atomically(self, path: Path, chunks: Iterator[bytes]) -> None:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = self._write_temporary(path, chunks, fsync=self.fsync)
         try:
-            with open(tmp, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                if self.fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
             os.rename(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         if self.fsync:
             fsync_directory(path.parent)
+
+    def _write_temporary(self, path: Path, chunks: Iterator[bytes], fsync: bool = False) -> Path:
+        """Write beside ``path`` under a hidden temporary name."""
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                if fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def _locked(self, connection_id: str, sha256: str) -> "_FileLock":
         lock_dir = self.root / ".locks"
@@ -220,6 +283,16 @@ class _FileLock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+async def _store_each(sink: Any, messages: list[SpooledMessage]) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    for message in messages:
+        try:
+            await sink.store(message)
+        except Exception as error:
+            errors[message.id] = str(error) or type(error).__name__
+    return errors
 
 
 def _read_json(path: Path) -> dict[str, Any]:

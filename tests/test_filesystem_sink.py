@@ -84,3 +84,18 @@ async def test_cli_archive_list_show_verify_detects_corruption(tmp_path: Path, c
 
     missing = cli(config_path, "archive", "show", "ffffffffff")
     assert missing.code == 1 and "no archived message matches" in missing.err
+
+
+async def test_store_batch_is_exact_and_merges_arrivals_within_a_batch(tmp_path: Path) -> None:
+    sink = FilesystemSink("fs", {"path": "archive"}, SinkContext(str(tmp_path), str(tmp_path)))
+    spool = Spool(tmp_path / "spool")
+    batch = [await spool.write_bytes(body, {"connection_id": conn})
+             for body, conn in ((ODD, "c1"), (b"other", "c1"), (ODD, "c1"), (ODD, "c2"))]
+    assert await sink.store_batch(batch) == {}
+    assert await sink.store_batch(batch) == {}  # idempotent
+    entries = {e.id: e for e in sink.entries()}
+    digest = hashlib.sha256(ODD).hexdigest()
+    assert sorted(entries) == sorted([f"c1/{digest}", f"c1/{hashlib.sha256(b'other').hexdigest()}", f"c2/{digest}"])
+    assert entries[f"c1/{digest}"].eml_path.read_bytes() == ODD
+    assert len(entries[f"c1/{digest}"].metadata["arrivals"]) == 2
+    assert not [p for p in (tmp_path / "archive").rglob("*.tmp")]

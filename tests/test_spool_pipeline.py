@@ -177,21 +177,59 @@ async def test_restart_delivers_what_was_spooled_before(tmp_path: Path) -> None:
     assert memory.stored == {first.id: b"before the crash"}
 
 
-async def test_journal_enricher_runs_once_and_survives_bad_input(tmp_path: Path) -> None:
+async def test_a_failing_enricher_never_holds_a_message_back(tmp_path: Path) -> None:
     calls: list[str] = []
+    seen: list[dict[str, Any]] = []
 
     def boom(message: SpooledMessage) -> dict[str, Any]:
         calls.append(message.id)
         raise ValueError("cannot parse")
 
+    class Recording(FlakySink):
+        async def store(self, message: SpooledMessage) -> None:
+            seen.append(dict(message.metadata))
+            await super().store(message)
+
     spool = Spool(tmp_path / "spool")
-    memory = FlakySink("memory", failures=1)
+    memory = Recording("memory", failures=1)
     pipeline = Pipeline(spool, [SinkSlot("memory", memory)], FAST, enrichers=[boom])
     message = await spool.write_bytes(b"\x00\x01 not mail at all", {})
     await pipeline.process(message.id)
     await pipeline.process(message.id)
-    assert calls == [message.id]
+    assert calls == [message.id, message.id]  # parsed again on retry, never persisted half-done
     assert memory.stored[message.id] == b"\x00\x01 not mail at all"
+    assert seen[-1]["warnings"] == ["boom failed: cannot parse"]
+
+
+async def test_batches_reach_store_batch_and_partial_failures_are_retried(tmp_path: Path) -> None:
+    class Batching(FlakySink):
+        def __init__(self) -> None:
+            super().__init__("batching")
+            self.batches: list[int] = []
+
+        async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+            self.batches.append(len(messages))
+            errors = {}
+            for message in messages:
+                if message.path.read_bytes() == b"bad" and self.calls == 0:
+                    errors[message.id] = "refused once"
+                else:
+                    self.stored[message.id] = message.path.read_bytes()
+            self.calls += 1
+            return errors
+
+    spool = Spool(tmp_path / "spool")
+    sink = Batching()
+    pipeline = Pipeline(spool, [SinkSlot("batching", sink), SinkSlot("fs", fs_sink(tmp_path))], FAST)
+    messages = [await spool.write_bytes(b"m%d" % i, {"connection_id": "c"}) for i in range(10)]
+    bad = await spool.write_bytes(b"bad", {"connection_id": "c"})
+    await pipeline.process_batch([m.id for m in messages] + [bad.id])
+    assert sink.batches == [11]
+    assert [m.id for m in spool.pending()] == [bad.id]
+    assert spool.state(bad.id).stored_in == ["fs"]
+    await pipeline.process_batch([bad.id])
+    assert spool.pending() == [] and len(sink.stored) == 11
+    assert len(list(fs_sink(tmp_path).entries())) == 11
 
 
 def test_pipeline_refuses_only_optional_sinks(tmp_path: Path) -> None:
