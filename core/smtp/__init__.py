@@ -1,0 +1,1 @@
+"""The shared SMTP listener (``mailpipe.smtp``): see listener.py and docs/smtp.md."""

@@ -63,13 +63,20 @@ def mailpipe_validate(
     return problems
 
 
+# Parsed allow-lists, so that RCPT TO does not re-parse them for every
+# message; bounded because every edit of a connection makes a new key.
 _cache: dict[tuple[str, ...], list[Network]] = {}
+_CACHE_LIMIT = 1024
 
 
 def allowed(client_ip: str, sender_servers: list[str]) -> bool:
+    """Is ``client_ip`` in one of the addresses or ranges? (IPv4-mapped IPv6
+    addresses count as their IPv4 address; a zone index is ignored.)"""
     key = tuple(sender_servers)
     networks = _cache.get(key)
     if networks is None:
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()
         networks = _cache[key] = parse_networks(list(sender_servers))[0]
     try:
         address = ipaddress.ip_address(client_ip.split("%", 1)[0])
