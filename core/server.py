@@ -18,6 +18,7 @@ import anyio.to_thread
 from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
 from mailpipe.enrich import default_enrichers
+from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline import Pipeline
 from mailpipe.runtime import Runtime
 from mailpipe.spool import SpooledMessage
@@ -62,6 +63,7 @@ class Server:
     pipeline: Pipeline | None = None
     collectors: dict[str, _RunningCollector] = field(default_factory=dict)
     started: anyio.Event = field(default_factory=anyio.Event)
+    committer: GroupCommitter | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         runtime = self.runtime
@@ -88,6 +90,8 @@ class Server:
                 self.started.set()
                 task_status.started()
         finally:
+            if self.committer is not None:
+                self.committer.close()
             with anyio.CancelScope(shield=True):
                 for slot in sinks:
                     await slot.sink.aclose()
@@ -156,8 +160,10 @@ class Server:
                     group.start_soon(_await, result)
 
     def collect_context(self, connection: Connection) -> CollectContext:
-        spool = self.runtime.spool
         store = self.runtime.store
+        if self.committer is None:
+            self.committer = GroupCommitter(self.runtime.spool)
+        committer = self.committer
 
         def stamp(metadata: dict[str, Any]) -> dict[str, Any]:
             return {
@@ -167,12 +173,24 @@ class Server:
                 **metadata,
             }
 
+        # Through the group committer: a collector that spools a fetched
+        # batch concurrently gets one filesystem sync for the whole batch.
         async def spool_bytes(data: bytes, metadata: dict[str, Any]) -> str:
-            message: SpooledMessage = await spool.write_bytes(data, stamp(metadata))
-            return message.id
+            return await spool_chunks([data], metadata)
 
         async def spool_chunks(chunks: Any, metadata: dict[str, Any]) -> str:
-            message = await spool.write_chunks(chunks, stamp(metadata))
+            staged = await committer.take(stamp(metadata))
+            try:
+                if hasattr(chunks, "__aiter__"):
+                    async for chunk in chunks:
+                        staged.write(chunk)
+                else:
+                    for chunk in chunks:
+                        staged.write(chunk)
+                message: SpooledMessage = await committer.commit(staged)
+            except BaseException:
+                staged.abort()
+                raise
             return message.id
 
         async def get_state(key: str) -> Any:

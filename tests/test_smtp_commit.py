@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailpipe.smtp.commit import GroupCommitter
+from mailpipe.group_commit import GroupCommitter
 from mailpipe.spool import Spool
 
 

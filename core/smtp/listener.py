@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 
 from mailpipe.config import SmtpConfig
 from mailpipe.errors import ConfigError
-from mailpipe.smtp.commit import GroupCommitter
+from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.addresses import ListenAddress, parse_listen
 from mailpipe.smtp.protocol import ListenerContext, MailpipeSMTP
 from mailpipe.smtp.routing import Directory, Router

@@ -25,7 +25,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope as AiosmtpdEnvelope, Session
 
 from mailpipe.config import SmtpConfig
-from mailpipe.smtp.commit import GroupCommitter
+from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.data import PIECE_LIMIT, read_data
 from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
 from mailpipe.smtp.routing import Router

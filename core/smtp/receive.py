@@ -25,7 +25,7 @@ import anyio
 
 from mailpipe.config import SmtpConfig
 from mailpipe.smtp.data import RFC_LINE_LIMIT, DataChecks, DotUnstuffer
-from mailpipe.smtp.commit import GroupCommitter, StagedMessage
+from mailpipe.group_commit import GroupCommitter, StagedMessage
 from mailpipe.spool import SpooledMessage
 from mailpipe.types import Connection
 

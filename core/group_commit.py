@@ -5,7 +5,7 @@ metadata file one after the other, then the queue directory: three journal
 commits in a row per message. With 20 SMTP sessions that caps intake near
 600 messages/s on an ordinary disk, far below what SMTP alone can do.
 
-The SMTP listener commits through :class:`GroupCommitter` instead. It keeps
+The SMTP listener and the collectors commit through :class:`GroupCommitter` instead. It keeps
 the spool's layout and its crash rule (``ID.json`` is the commit mark and
 appears only after ``ID.eml`` is durable) but makes a whole batch durable
 at once — every session whose message ended while the previous batch was
@@ -24,46 +24,23 @@ steps leaves message files without a mark, which ``Spool.recover`` removes
 at start (they were never acknowledged). Where ``syncfs`` is missing (not
 Linux), step 1 fsyncs each file instead.
 
-``syncfs`` also writes back whatever else is dirty on that filesystem; put
-the data directory on its own filesystem if other heavy writers share it.
+See mailpipe.durability for what ``syncfs`` costs and guarantees.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
+from mailpipe.durability import SYNCFS
 from mailpipe.spool import QUEUE, TMP, Spool, SpooledMessage, fsync_directory
 
 
-def _load_syncfs() -> Callable[[int], None] | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-
-    def syncfs(descriptor: int) -> None:
-        if function(descriptor) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"syncfs failed: {os.strerror(error)}")
-
-    return syncfs
-
-
-_syncfs = _load_syncfs()
 
 #: Staged messages created ahead at once (see GroupCommitter.take).
 POOL_SIZE = 32
@@ -123,7 +100,7 @@ class GroupCommitter:
 
     def __init__(self, spool: Spool, use_syncfs: bool = True, lanes: int = 2) -> None:
         self.spool = spool
-        self.syncfs = _syncfs if use_syncfs else None
+        self.syncfs = SYNCFS if use_syncfs else None
         self._waiting: list[_Pending] = []
         # Two batches may sync at once: one forms and starts while the
         # other waits for the disk, which shortens the wait of a session
