@@ -33,8 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except MailpipeError as error:
         return fail(args, str(error))
+    except BaseExceptionGroup as group:
+        # Raised inside `serve`'s task groups (a port in use, an unreadable
+        # TLS key): still one sentence for the operator, not a traceback.
+        matched, _rest = group.split(MailpipeError)
+        if matched is None:
+            raise
+        return fail(args, "; ".join(str(e) for e in _leaves(matched)))
     except KeyboardInterrupt:
         return 130
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
 
 
 def fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
