@@ -33,6 +33,7 @@ log = logging.getLogger("mailpipe.pipeline")
 
 Enricher = Callable[[SpooledMessage], dict[str, Any]]
 RESCAN_SECONDS = 1.0
+BATCH_PATIENCE_SECONDS = 0.005
 
 
 @dataclass
@@ -113,10 +114,18 @@ class Pipeline:
         async with receive:
             async for spool_id in receive:
                 batch = [spool_id]
-                while len(batch) < max(1, self.settings.batch_size):
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
+                limit = max(1, self.settings.batch_size)
+                # Mail arrives a message at a time; a few milliseconds of
+                # patience turn a trickle into batches that share their syncs.
+                for patience in (0.0, BATCH_PATIENCE_SECONDS):
+                    if patience:
+                        await anyio.sleep(patience)
+                    while len(batch) < limit:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    if len(batch) >= limit:
                         break
                 await self.process_batch(batch)
 
@@ -250,7 +259,7 @@ async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str
     if not messages:
         return {}
     store_batch = getattr(slot.sink, "store_batch", None)
-    if store_batch is not None and len(messages) > 1:
+    if store_batch is not None:
         try:
             return dict(await store_batch(messages))
         except Exception as error:

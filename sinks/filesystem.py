@@ -78,7 +78,7 @@ class FilesystemSink:
     async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
         """Store many messages with one pair of filesystem syncs (see
         mailpipe.durability); returns ``{spool id: error}`` for failures."""
-        if SYNCFS is None or not self.fsync or len(messages) < 2:
+        if SYNCFS is None or not self.fsync:
             return await _store_each(self, messages)
         return await anyio.to_thread.run_sync(self._store_batch, messages)
 
