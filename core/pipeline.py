@@ -176,7 +176,7 @@ class Pipeline:
             for slot in self.sinks:
                 group.start_soon(deliver, slot)
         delivered = [(m, state) for m, state in loaded if m.id not in errors]
-        await anyio.to_thread.run_sync(self._remove_all, [m.id for m, _ in delivered])
+        await anyio.to_thread.run_sync(self._remove_all, delivered)
         for message, state in delivered:
             self._known.discard(message.id)
             self.delivered += 1
@@ -203,9 +203,9 @@ class Pipeline:
             loaded.append((message, self.spool.state(spool_id)))
         return loaded
 
-    def _remove_all(self, spool_ids: list[str]) -> None:
-        for spool_id in spool_ids:
-            self.spool.remove(spool_id)
+    def _remove_all(self, delivered: list[tuple[SpooledMessage, DeliveryState]]) -> None:
+        for message, state in delivered:
+            self.spool.remove(message.id, has_state=state.on_disk)
 
     async def _failed(self, message: SpooledMessage, state: Any, errors: dict[str, str]) -> None:
         state.attempts += 1

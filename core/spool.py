@@ -67,13 +67,16 @@ class DeliveryState:
     next_attempt: float = 0.0
     last_error: str = ""
     quarantined_at: str | None = None
+    on_disk: bool = False  # read from an ID.state.json (not itself stored)
 
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        data = self.__dict__.copy()
+        data.pop("on_disk")
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "DeliveryState":
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "on_disk"})
 
 
 class _DirectorySync:
@@ -246,22 +249,26 @@ class Spool:
             data = json.loads((self.root / where / f"{spool_id}.state.json").read_text("utf-8"))
         except FileNotFoundError:
             return DeliveryState()
-        return DeliveryState.from_json(data)
+        state = DeliveryState.from_json(data)
+        state.on_disk = True
+        return state
 
     def save_state(self, spool_id: str, state: DeliveryState, where: str = QUEUE) -> None:
+        state.on_disk = True
         write_json_durably(self.root / where / f"{spool_id}.state.json", state.to_json(), self.root / TMP)
 
     def update_metadata(self, message: SpooledMessage) -> None:
         write_json_durably(self.root / QUEUE / f"{message.id}.json", message.metadata, self.root / TMP)
 
-    def remove(self, spool_id: str) -> None:
+    def remove(self, spool_id: str, has_state: bool = True) -> None:
         """Called only after every required sink confirmed."""
         queue = self.root / QUEUE
         # The commit mark goes first: a crash in between leaves a bare .eml
         # that recover() discards, never a message that is delivered twice.
         (queue / f"{spool_id}.json").unlink(missing_ok=True)
         (queue / f"{spool_id}.eml").unlink(missing_ok=True)
-        (queue / f"{spool_id}.state.json").unlink(missing_ok=True)
+        if has_state:
+            (queue / f"{spool_id}.state.json").unlink(missing_ok=True)
 
     def move(self, spool_id: str, source: str, destination: str) -> None:
         """Between queue/ and quarantine/; the metadata (commit mark) moves last."""

@@ -17,11 +17,11 @@ directory is fsynced: a reader sees the whole message or nothing.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -69,6 +69,8 @@ class FilesystemSink:
         root = Path(settings["path"]).expanduser()
         self.root = root if root.is_absolute() else Path(context.config_dir) / root
         self.fsync = bool(settings.get("fsync", True))
+        self._stripes = [threading.Lock() for _ in range(64)]
+        self._made_directories: set[Path] = set()
 
     # --- storing -----------------------------------------------------------
 
@@ -87,18 +89,20 @@ class FilesystemSink:
         renames: list[tuple[Path, Path]] = []
         planned_json: dict[Path, dict[str, Any]] = {}
         planned_eml: set[Path] = set()
-        locks: dict[tuple[str, str], _FileLock] = {}
-        def lock_order(message: SpooledMessage) -> tuple[str, str]:
-            # One order for every batch, so two concurrent batches never deadlock.
+        renamed = 0
+
+        def key_of(message: SpooledMessage) -> tuple[str, str]:
             return (str(message.metadata.get("connection_id") or "unknown"), message.sha256)
 
+        # Every stripe the batch needs, taken in index order: two concurrent
+        # batches never wait for each other in a circle.
+        stripes = sorted({self._stripe_index(*key_of(m)) for m in messages})
+        for index in stripes:
+            self._stripes[index].acquire()
         try:
-            for message in sorted(messages, key=lock_order):
+            for message in messages:
                 try:
-                    key = lock_order(message)
-                    connection_id = key[0]
-                    if key not in locks:
-                        locks[key] = self._locked(*key).__enter__()
+                    connection_id = key_of(message)[0]
                     eml = self._eml_path(connection_id, message.sha256)
                     if eml not in planned_eml and not eml.exists():
                         renames.append((self._write_temporary(eml, message.chunks()), eml))
@@ -109,31 +113,35 @@ class FilesystemSink:
                     if merged != existing:
                         planned_json[meta_path] = merged
                 except OSError as error:
+                    self._made_directories.clear()  # someone may have removed them
                     errors[message.id] = f"cannot write under {self.root}: {error}"
             for meta_path, merged in planned_json.items():
                 payload = json.dumps(merged, ensure_ascii=False, sort_keys=True, indent=1).encode()
                 renames.append((self._write_temporary(meta_path, iter([payload])), meta_path))
             # Data durable first, then the names that make it visible.
             sync_filesystem_of(self.root)
-            for temporary, final in renames:
+            for done, (temporary, final) in enumerate(renames, start=1):
                 os.rename(temporary, final)
+                renamed = done
             sync_filesystem_of(self.root)
         finally:
-            for temporary, _final in renames:
+            for temporary, _final in renames[renamed:]:
                 temporary.unlink(missing_ok=True)
-            for lock in locks.values():
-                lock.__exit__()
+            for index in stripes:
+                self._stripes[index].release()
         return errors
 
     def _eml_path(self, connection_id: str, sha256: str) -> Path:
         directory = self.root / _safe(connection_id) / sha256[:2]
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory not in self._made_directories:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made_directories.add(directory)
         return directory / f"{sha256}.eml"
 
     def _store(self, message: SpooledMessage) -> None:
         connection_id = str(message.metadata.get("connection_id") or "unknown")
         eml = self._eml_path(connection_id, message.sha256)
-        with self._locked(connection_id, message.sha256):
+        with self._stripe(connection_id, message.sha256):
             if not eml.exists():
                 self._write_atomically(eml, message.chunks())
             meta_path = eml.with_suffix(".json")
@@ -167,10 +175,16 @@ class FilesystemSink:
             raise
         return tmp
 
-    def _locked(self, connection_id: str, sha256: str) -> "_FileLock":
-        lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        return _FileLock(lock_dir / f"{_safe(connection_id)}-{sha256[:16]}.lock")
+    def _stripe_index(self, connection_id: str, sha256: str) -> int:
+        """Which lock guards one archived message's metadata merge.
+
+        Only the server's pipeline writes the archive, so locks in this
+        process suffice; striping keeps their number fixed.
+        """
+        return hash((connection_id, sha256)) % len(self._stripes)
+
+    def _stripe(self, connection_id: str, sha256: str) -> threading.Lock:
+        return self._stripes[self._stripe_index(connection_id, sha256)]
 
     # --- checking ----------------------------------------------------------
 
@@ -266,23 +280,6 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class _FileLock:
-    """An exclusive flock, so concurrent workers (and processes) merge metadata safely."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.handle: Any = None
-
-    def __enter__(self) -> "_FileLock":
-        self.handle = open(self.path, "a+b")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
 
 
 async def _store_each(sink: Any, messages: list[SpooledMessage]) -> dict[str, str]:
