@@ -156,6 +156,12 @@ class PluginHost:
         answer.
         """
         raw_results = getattr(self.manager.hook, hook_name)(**kwargs)
+        pending = [i for i, value in enumerate(raw_results) if inspect.isawaitable(value)]
+        if len(pending) <= 1:  # the common case (one plugin per type): no task group needed
+            answers = list(raw_results)
+            for index in pending:
+                answers[index] = await answers[index]
+            return [a for a in answers if a is not None]
         results: list[Any] = [None] * len(raw_results)
 
         async def settle(index: int, value: Any) -> None:
