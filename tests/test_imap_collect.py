@@ -218,6 +218,9 @@ def test_polls_when_the_server_offers_no_idle(
                 await anyio.to_thread.run_sync(dovecot.append, user, make_message(2))
                 while len(spool.pending()) < 2:  # only a poll can find it
                     await anyio.sleep(0.05)
+                # the delete follows the spooling: wait for it too
+                while await anyio.to_thread.run_sync(dovecot.uids, user):
+                    await anyio.sleep(0.05)
             group.cancel_scope.cancel()
 
     anyio.run(scenario, backend="asyncio")
