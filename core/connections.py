@@ -164,7 +164,9 @@ class ConnectionService:
     async def run_test(self, connection: Connection) -> TestResult:
         try:
             with anyio.fail_after(TEST_TIMEOUT_SECONDS):
-                results = await self.host.call("mailpipe_test", connection=connection)
+                results = await self.host.call(
+                    "mailpipe_test", connection=connection, context=self._context(connection.id)
+                )
         except TimeoutError:
             return TestResult(ok=False, error=f"the test did not finish within {TEST_TIMEOUT_SECONDS:.0f} s")
         except Exception as error:  # a plugin bug must still end as a red status
@@ -193,21 +195,23 @@ class ConnectionService:
         settings, problems = convert(connection_type, raw)
         problems += complete(connection_type, settings)
         if not problems:
-            context = ValidationContext(
-                find_connection=self.find,
-                accepted_domains=self.config.smtp.accepted_domains,
-                connection_id=connection_id,
-            )
             for answer in await self.host.call(
                 "mailpipe_validate",
                 connection_type=connection_type.name,
                 settings=settings,
-                context=context,
+                context=self._context(connection_id),
             ):
                 problems.extend(answer)
         if problems:
             raise ValidationError(problems)
         return settings
+
+    def _context(self, connection_id: str | None) -> ValidationContext:
+        return ValidationContext(
+            find_connection=self.find,
+            accepted_domains=self.config.smtp.accepted_domains,
+            connection_id=connection_id,
+        )
 
     def _encrypt(self, connection_type: ConnectionType, settings: dict[str, Any]) -> dict[str, Any]:
         stored = dict(settings)

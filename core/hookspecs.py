@@ -118,9 +118,13 @@ def mailpipe_validate(
 
 @hookspec
 def mailpipe_test(
-    connection: Connection,
+    connection: Connection, context: ValidationContext
 ) -> TestResult | None | Awaitable[TestResult | None]:
     """Check that a connection can work now (reach the server, log in...).
+
+    ``context.find_connection(id)`` looks up other connections (a failover
+    connection checks the one it backs up); an implementation that does not
+    need it simply leaves the argument out, as pluggy allows.
 
     Return a :class:`~mailpipe.types.TestResult` for your own type, ``None``
     otherwise. The host records the status (ok / failed with the error

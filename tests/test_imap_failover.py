@@ -80,3 +80,20 @@ def test_unwraps_ndrs_archives_others_and_dedups_with_smtp(
     arrivals = reports[sha256(report)][1]["arrivals"]
     assert sorted(a["provenance"] for a in arrivals) == ["imap_failover", "smtp"]
     assert all(a["connection_id"] == o365["id"] for a in arrivals)
+
+
+def test_connection_test_warns_about_a_username_that_is_not_the_undeliverable_address(
+    config_path: Path, dovecot: Dovecot, fresh_imap_user: tuple[str, str]
+) -> None:
+    user, password = fresh_imap_user
+    o365 = cli(config_path, "connections", "add", "smtp_o365", "--description", "o365",
+               "--set", "undeliverable_journal_address=someone-else@contoso.com", check=True).json
+    failover_id = add_imap_connection(config_path, dovecot, user, password, "imap_failover", backs_up=o365["id"])
+    tested = cli(config_path, "connections", "test", failover_id, check=True).json
+    assert tested["status"] == "ok"
+    assert any("is not 'someone-else@contoso.com'" in w for w in tested["test"]["warnings"])
+
+    cli(config_path, "connections", "delete", o365["id"], check=True)
+    gone = cli(config_path, "connections", "test", failover_id)
+    assert gone.code == 1 and gone.json["status"] == "failed"
+    assert "is no longer an smtp_o365 connection" in gone.json["status_error"]

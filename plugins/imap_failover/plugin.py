@@ -91,10 +91,19 @@ def username_mismatch(username: str, backed_up: Connection) -> str | None:
 
 
 @hookimpl
-async def mailpipe_test(connection: Connection) -> TestResult | None:
+async def mailpipe_test(connection: Connection, context: ValidationContext) -> TestResult | None:
     if connection.type != TYPE:
         return None
-    return await probe(ImapSettings.from_connection(connection))
+    backs_up = str(connection.settings.get("backs_up", ""))
+    backed_up = context.find_connection(backs_up)
+    if backed_up is None or backed_up.type != BACKED_UP_TYPE:
+        return TestResult(
+            ok=False,
+            error=f"backs_up {backs_up!r} is no longer an {BACKED_UP_TYPE} connection; "
+            "edit this connection with --set backs_up=ID",
+        )
+    mismatch = username_mismatch(str(connection.settings.get("username", "")), backed_up)
+    return await probe(ImapSettings.from_connection(connection), extra_warnings=(mismatch,) if mismatch else ())
 
 
 @hookimpl
