@@ -48,12 +48,15 @@ class ConnectionService:
     # --- reading ---------------------------------------------------------
 
     def get(self, connection_id: str) -> Connection:
+        return self.to_connection(self._stored(connection_id))
+
+    def _stored(self, connection_id: str) -> StoredConnection:
         row = self.store.get(connection_id)
         if row is None:
             raise NotFound(
                 f"no connection with id {connection_id!r}; `mailpipe connections list` shows the ids"
             )
-        return self.to_connection(row)
+        return row
 
     def find(self, connection_id: str) -> Connection | None:
         row = self.store.get(connection_id)
@@ -127,11 +130,11 @@ class ConnectionService:
     async def edit(
         self, connection_id: str, raw_settings: dict[str, Any], description: str | None = None
     ) -> Connection:
-        current = self.get(connection_id)
+        row = self._stored(connection_id)
+        current = self.to_connection(row)
         connection_type = self.host.connection_type(current.type)
         merged = {**current.settings, **raw_settings}
         settings = await self._validated(connection_type, merged, connection_id=connection_id)
-        row = self._row(current)
         row.settings = self._encrypt(connection_type, settings)
         if description is not None:
             row.description = description
@@ -141,8 +144,7 @@ class ConnectionService:
         return self.to_connection(row)
 
     def set_enabled(self, connection_id: str, enabled: bool) -> Connection:
-        current = self.get(connection_id)
-        row = self._row(current)
+        row = self._stored(connection_id)
         row.enabled = enabled
         row.updated = utc_now()
         self.store.update(row)
@@ -220,8 +222,3 @@ class ConnectionService:
             if setting.kind == "secret" and isinstance(value, str) and value:
                 stored[setting.name] = self.box.encrypt(value)
         return stored
-
-    def _row(self, connection: Connection) -> StoredConnection:
-        row = self.store.get(connection.id)
-        assert row is not None
-        return row

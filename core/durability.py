@@ -42,11 +42,11 @@ def _load_syncfs() -> Callable[[int], None] | None:
 SYNCFS = _load_syncfs()
 
 
-def sync_filesystem_of(path: Path) -> None:
+def sync_filesystem_of(path: Path, syncfs: Callable[[int], None] | None = SYNCFS) -> None:
     """syncfs() the filesystem holding ``path`` (which must support it)."""
-    assert SYNCFS is not None
+    assert syncfs is not None
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        SYNCFS(descriptor)
+        syncfs(descriptor)
     finally:
         os.close(descriptor)

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from mailpipe.durability import SYNCFS
+from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.spool import QUEUE, TMP, Spool, SpooledMessage, fsync_directory
 
 
@@ -146,16 +145,7 @@ class GroupCommitter:
 
     async def commit(self, staged: StagedMessage, **extra_metadata: Any) -> SpooledMessage:
         """Like ``SpoolWriter.commit(**extra)``: returns once the message is durable."""
-        writer = staged.writer
-        metadata = {
-            **writer.metadata,
-            **extra_metadata,
-            "spool_id": writer.id,
-            "size": writer.size,
-            "sha256": writer._hash.hexdigest(),
-        }
-        metadata.setdefault("received_at", datetime.now(timezone.utc).isoformat(timespec="microseconds"))
-        pending = _Pending(staged, metadata)
+        pending = _Pending(staged, staged.writer.final_metadata(**extra_metadata))
         self._waiting.append(pending)
         async with self._lanes:
             if not pending.done.is_set() and pending in self._waiting:
@@ -196,7 +186,7 @@ class GroupCommitter:
                 # hand-off to a worker thread per call, which costs more.
                 for pending in batch:
                     self._finish_files(pending, fsync=False)
-                await anyio.to_thread.run_sync(self._sync_filesystem)
+                await anyio.to_thread.run_sync(sync_filesystem_of, self.spool.root, self.syncfs)
             else:
                 await anyio.to_thread.run_sync(self._finish_all_with_fsync, batch)
             for pending in batch:
@@ -234,11 +224,3 @@ class GroupCommitter:
     def _finish_all_with_fsync(self, batch: list[_Pending]) -> None:
         for pending in batch:
             self._finish_files(pending, fsync=True)
-
-    def _sync_filesystem(self) -> None:
-        assert self.syncfs is not None
-        descriptor = os.open(self.spool.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self.syncfs(descriptor)
-        finally:
-            os.close(descriptor)

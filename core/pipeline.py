@@ -267,10 +267,15 @@ async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str
             return dict(await store_batch(messages))
         except Exception as error:
             return {m.id: _describe(error) for m in messages}
+    return await store_each(slot.sink, messages)
+
+
+async def store_each(sink: Sink, messages: list[SpooledMessage]) -> dict[str, str]:
+    """One ``store`` call per message; returns ``{spool id: error text}``."""
     failed = {}
     for message in messages:
         try:
-            await slot.sink.store(message)
+            await sink.store(message)
         except Exception as error:
             failed[message.id] = _describe(error)
     return failed

@@ -116,9 +116,8 @@ class PluginHost:
         sink_owner: dict[str, str] = {}
         for plugin_name, plugin in self.manager.list_name_plugin():
             info = self.infos.setdefault(plugin_name, PluginInfo(plugin_name, "", ""))
-            info.hooks = sorted(
-                impl.name for impl in _impls_of(self.manager, plugin)
-            )
+            info.hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
+            info.connection_types, info.sink_types = [], []
             for connection_type in _call_one(plugin, "mailpipe_connection_types"):
                 _claim(ct_owner, "connection type", connection_type.name, plugin_name)
                 self.connection_types[connection_type.name] = connection_type
@@ -197,14 +196,6 @@ def _call_one(plugin: object, hook_name: str) -> list[Any]:
         return []
     result = function()
     return list(result or [])
-
-
-def _impls_of(manager: pluggy.PluginManager, plugin: object) -> list[Any]:
-    return [
-        impl
-        for caller in (manager.get_hookcallers(plugin) or [])
-        for impl in [caller]
-    ]
 
 
 def _distribution_of(entry_point: EntryPoint) -> tuple[str, str]:

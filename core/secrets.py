@@ -25,8 +25,8 @@ class SecretBox:
             self._fernet = Fernet(key)
         except ValueError:
             raise SecretKeyError(
-                f"the secret key is not a valid Fernet key; generate one with "
-                f"`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
+                "the secret key is not a valid Fernet key; generate one with "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
             ) from None
 
     @classmethod

@@ -181,12 +181,7 @@ class Server:
         async def spool_chunks(chunks: Any, metadata: dict[str, Any]) -> str:
             staged = await committer.take(stamp(metadata))
             try:
-                if hasattr(chunks, "__aiter__"):
-                    async for chunk in chunks:
-                        staged.write(chunk)
-                else:
-                    for chunk in chunks:
-                        staged.write(chunk)
+                await staged.writer.write_all_async(chunks)
                 message: SpooledMessage = await committer.commit(staged)
             except BaseException:
                 staged.abort()

@@ -122,7 +122,9 @@ class SpoolWriter:
         self._hash.update(data)
         self.size += len(data)
 
-    async def commit(self, **extra_metadata: Any) -> SpooledMessage:
+    def final_metadata(self, **extra_metadata: Any) -> dict[str, Any]:
+        """The metadata the message is committed with: the caller's, plus
+        what only the writer knows once the last byte is in."""
         metadata = {
             **self.metadata,
             **extra_metadata,
@@ -131,6 +133,19 @@ class SpoolWriter:
             "sha256": self._hash.hexdigest(),
         }
         metadata.setdefault("received_at", _utc_now())
+        return metadata
+
+    async def write_all_async(self, chunks: Iterable[bytes] | AsyncIterable[bytes]) -> None:
+        """Write chunks from a plain or an async iterable."""
+        if hasattr(chunks, "__aiter__"):
+            async for chunk in chunks:  # type: ignore[union-attr]
+                self.write(chunk)
+        else:
+            for chunk in chunks:  # type: ignore[union-attr]
+                self.write(chunk)
+
+    async def commit(self, **extra_metadata: Any) -> SpooledMessage:
+        metadata = self.final_metadata(**extra_metadata)
         await anyio.to_thread.run_sync(self._make_durable, metadata)
         await self.spool.queue_sync.sync()
         self.done = True
@@ -181,12 +196,7 @@ class Spool:
     ) -> SpooledMessage:
         writer = self.writer(metadata)
         try:
-            if hasattr(chunks, "__aiter__"):
-                async for chunk in chunks:  # type: ignore[union-attr]
-                    writer.write(chunk)
-            else:
-                for chunk in chunks:  # type: ignore[union-attr]
-                    writer.write(chunk)
+            await writer.write_all_async(chunks)
             return await writer.commit()
         finally:
             writer.abort()
@@ -256,9 +266,6 @@ class Spool:
     def save_state(self, spool_id: str, state: DeliveryState, where: str = QUEUE) -> None:
         state.on_disk = True
         write_json_durably(self.root / where / f"{spool_id}.state.json", state.to_json(), self.root / TMP)
-
-    def update_metadata(self, message: SpooledMessage) -> None:
-        write_json_durably(self.root / QUEUE / f"{message.id}.json", message.metadata, self.root / TMP)
 
     def remove(self, spool_id: str, has_state: bool = True) -> None:
         """Called only after every required sink confirmed."""

@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from mailpipe import hookimpl
 from mailpipe.durability import SYNCFS, sync_filesystem_of
+from mailpipe.pipeline import store_each
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
 
@@ -81,7 +82,7 @@ class FilesystemSink:
         """Store many messages with one pair of filesystem syncs (see
         mailpipe.durability); returns ``{spool id: error}`` for failures."""
         if SYNCFS is None or not self.fsync:
-            return await _store_each(self, messages)
+            return await store_each(self, messages)
         return await anyio.to_thread.run_sync(self._store_batch, messages)
 
     def _store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
@@ -280,16 +281,6 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-async def _store_each(sink: Any, messages: list[SpooledMessage]) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    for message in messages:
-        try:
-            await sink.store(message)
-        except Exception as error:
-            errors[message.id] = str(error) or type(error).__name__
-    return errors
 
 
 def _read_json(path: Path) -> dict[str, Any]:
