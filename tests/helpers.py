@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peers.process import free_port as free_port  # tests import it from here
+
 MAILPIPE = [sys.executable, "-m", "mailpipe.cli"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def write_config(directory: Path, extra: str = "", smtp_port: int | None = None, sinks: str | None = None) -> Path:

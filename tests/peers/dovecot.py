@@ -49,7 +49,6 @@ test process dies (``PR_SET_PDEATHSIG``), and shuts its children down.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import imaplib
 import math
 import os
@@ -63,14 +62,14 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 from .certs import CertBundle, make_certs
+from .process import LOOPBACK, die_with_parent, free_port
 
 DOVECOT_BINARY = "/usr/sbin/dovecot"
-LOOPBACK = "127.0.0.1"
 KEEP_DIRS_ENV = "MAILPIPE_KEEP_PEER_DIRS"
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+-]{0,63}$")
@@ -81,31 +80,6 @@ _APPENDUID_RE = re.compile(rb"\[APPENDUID \d+ (\d+)\]")
 
 class DovecotError(RuntimeError):
     """Dovecot did not start, or did not stop, as asked."""
-
-
-def _free_port(host: str = LOOPBACK) -> int:
-    """A port the kernel just considered free (the usual small race is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
-    """A preexec_fn: the child gets *sig* when the test process dies.
-
-    Why: the peer runs in its own session (so stop() can sweep its process
-    group), which also means nothing else would ever stop it if pytest were
-    SIGKILLed.  Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.  The
-    signal fires when the *thread* that started the peer exits, so start
-    peers from the main thread (pytest fixtures do).
-    """
-
-    def set_parent_death_signal() -> None:
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-
-    return set_parent_death_signal
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -170,8 +144,8 @@ class Dovecot:
     ) -> None:
         self._binary = binary
         self._fixed_ports = imaps_port is not None or imap_plain_port is not None
-        self._imaps_port = imaps_port or _free_port()
-        self._imap_plain_port = imap_plain_port or _free_port()
+        self._imaps_port = imaps_port or free_port()
+        self._imap_plain_port = imap_plain_port or free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="mailpipe-dovecot-", dir=parent_dir))
         os.chmod(self.directory, 0o755)
         self.certs = certs or make_certs(self.directory / "certs")
@@ -359,8 +333,8 @@ service imap-login {{
                 self._terminate(signal.SIGKILL)
                 if not in_use or attempt == attempts - 1:
                     raise
-                # Somebody grabbed a port between _free_port() and bind(): pick new ones.
-                self._imaps_port, self._imap_plain_port = _free_port(), _free_port()
+                # Somebody grabbed a port between free_port() and bind(): pick new ones.
+                self._imaps_port, self._imap_plain_port = free_port(), free_port()
 
     def _start_once(self, timeout: float) -> None:
         self.config_file.write_text(self._config_text())
@@ -372,7 +346,7 @@ service imap-login {{
                 stderr=stderr,
                 cwd=self.directory,
                 start_new_session=True,  # own process group: stop() can sweep all children
-                preexec_fn=_die_with_parent(signal.SIGTERM),  # graceful: the master stops its children
+                preexec_fn=die_with_parent(signal.SIGTERM),  # graceful: the master stops its children
             )
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None

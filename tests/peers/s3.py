@@ -42,7 +42,6 @@ the test run.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -52,11 +51,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from .process import LOOPBACK, die_with_parent, free_port
+
 REGION = "us-east-1"
 DUMMY_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -72,35 +72,11 @@ class MotoError(RuntimeError):
     """The moto host process misbehaved (did not start, answer or stop)."""
 
 
-def _free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
-    """A preexec_fn: the child gets *sig* when the test process dies.
-
-    Why: the peer runs in its own session (so stop() can sweep its process
-    group), which also means nothing else would ever stop it if pytest were
-    SIGKILLed.  Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.  The
-    signal fires when the *thread* that started the peer exits, so start
-    peers from the main thread (pytest fixtures do).
-    """
-
-    def set_parent_death_signal() -> None:
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-
-    return set_parent_death_signal
-
-
 class MotoS3:
     """Controls one moto host process on ``127.0.0.1:<port>``; see the module docstring."""
 
     def __init__(self, port: int | None = None, log_file: str | os.PathLike[str] | None = None) -> None:
-        self._port = port or _free_port()
+        self._port = port or free_port()
         if log_file is None:
             handle, name = tempfile.mkstemp(prefix="mailpipe-moto-", suffix=".log")
             os.close(handle)
@@ -277,12 +253,15 @@ class MotoS3:
         self._buffer = b""
         with open(self.log_file, "ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--host", LOOPBACK, "--port", str(self._port)],
+                [sys.executable, "-m", "peers.s3", "--host", LOOPBACK, "--port", str(self._port)],
+                # run as a module of the peers package, so its relative imports resolve
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,  # its own group: pause()/kill() reach only it
-                preexec_fn=_die_with_parent(signal.SIGKILL),  # even when paused (SIGSTOP)
+                preexec_fn=die_with_parent(signal.SIGKILL),  # even when paused (SIGSTOP)
             )
 
     def _command(self, word: str) -> None:
