@@ -54,9 +54,8 @@ class StagedMessage:
         self.writer = spool.writer(metadata)
         self.mark_path = spool.root / TMP / f"{self.writer.id}.json.commit"
         try:
-            self.mark_descriptor: int | None = os.open(
-                self.mark_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-            )
+            descriptor, self.mark_reused = spool.recycler.open_new(self.mark_path)
+            self.mark_descriptor: int | None = descriptor
         except BaseException:
             self.writer.abort()
             raise
@@ -74,7 +73,7 @@ class StagedMessage:
             return
         self.writer.abort()
         self._close_mark()
-        self.mark_path.unlink(missing_ok=True)
+        self.writer.spool.recycler.release(self.mark_path)
 
     def _close_mark(self) -> None:
         if self.mark_descriptor is not None:
@@ -207,16 +206,15 @@ class GroupCommitter:
         it under its temporary name (not yet the commit mark)."""
         staged = pending.staged
         writer = staged.writer
-        writer._file.flush()
-        if fsync:
-            os.fsync(writer._file.fileno())
-        writer._file.close()
+        writer.close_file(fsync)
         os.rename(writer._tmp_path, self.spool.root / QUEUE / f"{writer.id}.eml")
         descriptor = staged.mark_descriptor
         assert descriptor is not None
         view = memoryview(pending.encoded)
         while view:
             view = view[os.write(descriptor, view) :]
+        if staged.mark_reused:
+            os.ftruncate(descriptor, len(pending.encoded))
         if fsync:
             os.fsync(descriptor)
         staged._close_mark()

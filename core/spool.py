@@ -3,6 +3,7 @@
 Layout under ``<data_dir>/spool``::
 
     tmp/          messages being received (removed at start: never acknowledged)
+    free/         files of delivered messages, kept to be reused (see recycle.py)
     queue/        ID.eml (raw bytes), ID.json (metadata), ID.state.json (delivery progress)
     quarantine/   the same three files, for messages that kept failing
 
@@ -29,8 +30,10 @@ from typing import Any, AsyncIterable, Callable, Iterable, Iterator
 import anyio
 import anyio.to_thread
 
+from mailpipe.recycle import FileRecycler
+
 CHUNK_SIZE = 256 * 1024
-QUEUE, QUARANTINE, TMP = "queue", "quarantine", "tmp"
+QUEUE, QUARANTINE, TMP, FREE = "queue", "quarantine", "tmp", "free"
 
 
 def new_spool_id() -> str:
@@ -112,7 +115,8 @@ class SpoolWriter:
         self.id = new_spool_id()
         self.metadata = dict(metadata)
         self._tmp_path = spool.root / TMP / f"{self.id}.eml"
-        self._file = open(self._tmp_path, "wb", buffering=CHUNK_SIZE)
+        descriptor, self._reused = spool.recycler.open_new(self._tmp_path)
+        self._file = open(descriptor, "wb", buffering=CHUNK_SIZE)
         self._hash = hashlib.sha256()
         self.size = 0
         self.done = False
@@ -121,6 +125,16 @@ class SpoolWriter:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
+
+    def close_file(self, fsync: bool) -> None:
+        """Flush and close the message file, cut to what was written (a
+        reused file may be longer), optionally fsynced."""
+        self._file.flush()
+        if self._reused:
+            os.ftruncate(self._file.fileno(), self.size)
+        if fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
 
     def final_metadata(self, **extra_metadata: Any) -> dict[str, Any]:
         """The metadata the message is committed with: the caller's, plus
@@ -154,9 +168,7 @@ class SpoolWriter:
         return message
 
     def _make_durable(self, metadata: dict[str, Any]) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self.close_file(fsync=True)
         queue = self.spool.root / QUEUE
         os.rename(self._tmp_path, queue / f"{self.id}.eml")
         write_json_durably(queue / f"{self.id}.json", metadata, self.spool.root / TMP)
@@ -167,7 +179,7 @@ class SpoolWriter:
             return
         self.done = True
         self._file.close()
-        self._tmp_path.unlink(missing_ok=True)
+        self.spool.recycler.release(self._tmp_path)
 
 
 class Spool:
@@ -175,6 +187,7 @@ class Spool:
         self.root = root
         for name in (QUEUE, QUARANTINE, TMP):
             (root / name).mkdir(parents=True, exist_ok=True)
+        self.recycler = FileRecycler(root / FREE)
         self.queue_sync = _DirectorySync(root / QUEUE)
         self._listeners: list[Callable[[SpooledMessage], None]] = []
 
@@ -216,13 +229,14 @@ class Spool:
         """Drop what was never acknowledged; returns how many files went."""
         removed = 0
         for leftover in (self.root / TMP).iterdir():
-            leftover.unlink(missing_ok=True)
+            self.recycler.release(leftover)
             removed += 1
         queue = self.root / QUEUE
         for raw in queue.glob("*.eml"):
             if not raw.with_suffix(".json").exists():
-                raw.unlink(missing_ok=True)
+                self.recycler.release(raw)
                 removed += 1
+        self.recycler.trim()
         for state in queue.glob("*.state.json"):
             if not (queue / state.name.replace(".state.json", ".json")).exists():
                 state.unlink(missing_ok=True)
@@ -272,8 +286,8 @@ class Spool:
         queue = self.root / QUEUE
         # The commit mark goes first: a crash in between leaves a bare .eml
         # that recover() discards, never a message that is delivered twice.
-        (queue / f"{spool_id}.json").unlink(missing_ok=True)
-        (queue / f"{spool_id}.eml").unlink(missing_ok=True)
+        self.recycler.release(queue / f"{spool_id}.json")
+        self.recycler.release(queue / f"{spool_id}.eml")
         if has_state:
             (queue / f"{spool_id}.state.json").unlink(missing_ok=True)
 
