@@ -70,6 +70,11 @@ class Pipeline:
     def _on_new(self, message: SpooledMessage) -> None:
         self._schedule(message.id, 0.0)
 
+    def announced(self, spool_id: str) -> None:
+        """Another process spooled ``spool_id`` (see mailpipe.spool_notify)."""
+        if spool_id not in self._known:
+            self._schedule(spool_id, 0.0)
+
     def _schedule(self, spool_id: str, when: float) -> None:
         self._known.add(spool_id)
         heapq.heappush(self._due, (when, spool_id))

@@ -46,8 +46,12 @@ async def run_smtp_listener(server: "Server", *, task_status: TaskStatus[None] =
     workers = int(runtime.extras.get("workers", 1) or 1)
     if workers > 1:
         from mailpipe.smtp.worker import run_worker_pool
+        from mailpipe.spool_notify import receive_announcements
 
-        await run_worker_pool(runtime, workers, task_status=task_status)
+        async with anyio.create_task_group() as group:
+            if server.pipeline is not None:
+                group.start_soon(receive_announcements, runtime.spool.root, server.pipeline.announced)
+            await run_worker_pool(runtime, workers, task_status=task_status)
         return
     await serve_smtp(
         runtime.config.smtp, server.directory, runtime.host, runtime.spool, task_status=task_status

@@ -9,8 +9,9 @@ copy of the connection directory current by polling the store's revision
 committer.
 
 Only the server process runs the pipeline, so no message is ever claimed
-twice: the pipeline finds the workers' messages by its periodic rescan of
-the spool queue (within a second) instead of by in-process notification.
+twice: each worker announces what it spooled to the server's pipeline over
+a Unix datagram socket (mailpipe.spool_notify), and the pipeline's periodic
+rescan of the spool queue (every second) is the backstop.
 A worker that dies is restarted; workers die with the server (Linux
 parent-death signal) so a killed server never leaves one holding the port.
 
@@ -123,6 +124,7 @@ def _die_with_parent() -> None:
 async def _worker_main(runtime: "Runtime") -> None:
     from mailpipe.server import WATCH_INTERVAL, ConnectionDirectory
     from mailpipe.smtp.listener import serve_smtp
+    from mailpipe.spool_notify import SpoolAnnouncer
 
     directory = ConnectionDirectory()
 
@@ -138,6 +140,8 @@ async def _worker_main(runtime: "Runtime") -> None:
                 directory.replace(*await anyio.to_thread.run_sync(read))
 
     directory.replace(*await anyio.to_thread.run_sync(read))
+    announcer = SpoolAnnouncer(runtime.spool.root)
+    runtime.spool.subscribe(lambda message: announcer.announce([message.id]))
     async with anyio.create_task_group() as group:
 
         async def stop_on_signal() -> None:
