@@ -156,6 +156,11 @@ class Mailpipe:
     def archived(self) -> int:
         return sum(1 for _ in (self.root / "archive").glob("*/??/*.eml"))
 
+    def wait_archived(self, count: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.archived() < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -241,6 +246,11 @@ def main() -> None:
     parser.add_argument("-c", "--sessions", type=int, default=20)
     parser.add_argument("-s", "--size", type=int, default=4096, help="message payload bytes")
     parser.add_argument("--workers", type=int, default=1, help="mailpipe serve --workers")
+    parser.add_argument(
+        "--warmup", type=int, default=1000,
+        help="messages sent to each server before the timed run (default 1000; mailpipe archives "
+             "them before timing starts, so its spool has files to reuse, as in steady operation)",
+    )
     parser.add_argument("--client", choices=("auto", "smtp-source", "python"), default="auto")
     parser.add_argument(
         "--pipeline-concurrency", type=int, default=8,
@@ -254,13 +264,15 @@ def main() -> None:
     send = run_smtp_source if client_name == "smtp-source" else run_python_client
     print(
         f"bench_smtp: {args.messages} messages x {args.size} bytes over {args.sessions} sessions, "
-        f"client {client_name}, mailpipe workers {args.workers}, "
+        f"client {client_name}, warm-up {args.warmup}, mailpipe workers {args.workers}, "
         f"pipeline concurrency {args.pipeline_concurrency}, {os.cpu_count()} CPUs"
     )
 
     baseline_port = free_port()
     baseline = start_baseline(baseline_port)
     try:
+        if args.warmup:
+            send(baseline_port, args.warmup, args.sessions, args.size, "anyone@journal.bench")
         baseline_seconds = send(baseline_port, args.messages, args.sessions, args.size, "anyone@journal.bench")
         baseline_rss = peak_rss_mib([baseline.pid])
     finally:
@@ -272,13 +284,14 @@ def main() -> None:
         mailpipe.prepare()
         mailpipe.start()
         try:
+            if args.warmup:
+                send(mailpipe.port, args.warmup, args.sessions, args.size, mailpipe.address)
+                mailpipe.wait_archived(args.warmup)
             started = time.perf_counter()
             mailpipe_seconds = send(mailpipe.port, args.messages, args.sessions, args.size, mailpipe.address)
-            deadline = time.monotonic() + 600
-            while mailpipe.archived() < args.messages and time.monotonic() < deadline:
-                time.sleep(0.05)
+            mailpipe.wait_archived(args.warmup + args.messages)
             archived_seconds = time.perf_counter() - started
-            archived = mailpipe.archived()
+            archived = mailpipe.archived() - args.warmup
             mailpipe_rss = peak_rss_mib(mailpipe.pids())
         finally:
             mailpipe.stop()
