@@ -20,8 +20,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest ran no tests" >&2; exit 1; fi; exit $$code
 
+# Working files under var/bench, beside the server's own data (see README, Performance).
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	mkdir -p var/bench
+	for b in benchmarks/bench_*.py; do TMPDIR=$(CURDIR)/var/bench $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) var
