@@ -2,7 +2,7 @@
 
 Layout under ``<data_dir>/spool``::
 
-    tmp/          messages being received (removed at start: never acknowledged)
+    tmp/          messages being received (cleared at start: never acknowledged)
     free/         files of delivered messages, kept to be reused (see recycle.py)
     queue/        ID.eml (raw bytes), ID.json (metadata), ID.state.json (delivery progress)
     quarantine/   the same three files, for messages that kept failing

@@ -1,9 +1,9 @@
 """Telling the pipeline, in another process, that a message was spooled.
 
 Under ``serve --workers N`` the SMTP workers spool messages that only the
-server process delivers. Each worker sends the spool ids it committed as
-one datagram per batch to a Unix socket of the server process; the
-pipeline schedules them at once. The pipeline's periodic rescan of the
+server process delivers. Each worker sends the id of every message it
+committed, one datagram each, to a Unix socket of the server process; the
+pipeline schedules it at once. The pipeline's periodic rescan of the
 queue stays the backstop: a lost datagram only delays a message by up to
 a second, never loses it (the message is durable before it is announced).
 
@@ -23,14 +23,15 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import anyio
 
 log = logging.getLogger("mailpipe.spool")
 
 _SPOOL_ID = re.compile(rb"[0-9a-f]{24}")
-MAX_DATAGRAM = 60 * 1024
+#: Longer datagrams are cut here, so they fail the id check.
+MAX_DATAGRAM = 64
 
 
 def socket_name(spool_root: Path) -> bytes | None:
@@ -51,17 +52,13 @@ class SpoolAnnouncer:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.socket.setblocking(False)
 
-    def announce(self, spool_ids: Iterable[str]) -> None:
+    def announce(self, spool_id: str) -> None:
         if self.socket is None:
             return
-        payload = "\n".join(spool_ids).encode()
-        while payload:
-            cut = len(payload) if len(payload) <= MAX_DATAGRAM else payload.rfind(b"\n", 0, MAX_DATAGRAM) + 1
-            try:
-                self.socket.sendto(payload[:cut], self.address)
-            except OSError:
-                return  # server not listening or busy: its rescan finds the messages
-            payload = payload[cut:]
+        try:
+            self.socket.sendto(spool_id.encode(), self.address)
+        except OSError:
+            pass  # server not listening or busy: its rescan finds the message
 
     def close(self) -> None:
         if self.socket is not None:
@@ -93,8 +90,7 @@ async def receive_announcements(spool_root: Path, deliver: Callable[[str], None]
                     payload = listener.recv(MAX_DATAGRAM)
                 except BlockingIOError:
                     break
-                for spool_id in payload.split(b"\n"):
-                    if _SPOOL_ID.fullmatch(spool_id):
-                        deliver(spool_id.decode())
+                if _SPOOL_ID.fullmatch(payload):
+                    deliver(payload.decode())
     finally:
         listener.close()

@@ -123,7 +123,8 @@ async def test_worker_announcements_reach_the_pipeline(tmp_path: Path) -> None:
         with anyio.fail_after(5):
             while not received:
                 # Bogus entries (not spool ids) are ignored: the socket is a hint only.
-                announcer.announce(["../../etc/passwd", good, "ZZZ"])
+                for candidate in ("../../etc/passwd", good + "\n" + good, good, "ZZZ"):
+                    announcer.announce(candidate)
                 await anyio.sleep(0.05)
         announcer.close()
         group.cancel_scope.cancel()

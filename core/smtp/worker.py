@@ -141,7 +141,7 @@ async def _worker_main(runtime: "Runtime") -> None:
 
     directory.replace(*await anyio.to_thread.run_sync(read))
     announcer = SpoolAnnouncer(runtime.spool.root)
-    runtime.spool.subscribe(lambda message: announcer.announce([message.id]))
+    runtime.spool.subscribe(lambda message: announcer.announce(message.id))
     async with anyio.create_task_group() as group:
 
         async def stop_on_signal() -> None:
