@@ -54,6 +54,12 @@ class PipelineConfig:
     backoff_max: float = 300.0
     concurrency: int = 8
     batch_size: int = 64  # messages handed to a sink's store_batch at once
+    # With `serve --workers N`: the pipeline process's CPU priority (see
+    # mailpipe.pipeline_process). "idle": it runs on what intake leaves free.
+    cpu_priority: str = "idle"
+
+
+CPU_PRIORITIES = ("idle", "normal")
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         data_dir=data_dir,
         config_dir=base,
         smtp=_smtp(_table(raw, "smtp", source), base, source),
-        pipeline=_dataclass_from(PipelineConfig, _table(raw, "pipeline", source), source, "pipeline"),
+        pipeline=_pipeline(_table(raw, "pipeline", source), source),
         plugins=_plugins(_table(raw, "plugins", source)),
         sinks=tuple(resolved_sinks),
         source=source,
@@ -178,6 +184,16 @@ def _smtp(table: dict[str, Any], base: Path, source: str) -> SmtpConfig:
         raise ConfigError(f"{source}: [smtp] tls_cert and tls_key go together; set both or neither")
     if config.require_tls and not config.tls_cert:
         raise ConfigError(f"{source}: [smtp] require_tls needs tls_cert and tls_key")
+    return config
+
+
+def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
+    config = _dataclass_from(PipelineConfig, table, source, "pipeline")
+    if config.cpu_priority not in CPU_PRIORITIES:
+        raise ConfigError(
+            f"{source}: [pipeline] cpu_priority must be 'idle' (the default: with --workers, archiving "
+            "waits for CPU that intake leaves free) or 'normal'"
+        )
     return config
 
 

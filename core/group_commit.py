@@ -96,7 +96,7 @@ class _Pending:
 class GroupCommitter:
     """Commits :class:`StagedMessage` objects in batches."""
 
-    def __init__(self, spool: Spool, use_syncfs: bool = True, lanes: int = 2) -> None:
+    def __init__(self, spool: Spool, use_syncfs: bool = True, lanes: int = 1) -> None:
         self.spool = spool
         self.syncfs = SYNCFS if use_syncfs else None
         self._waiting: list[_Pending] = []

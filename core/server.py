@@ -1,5 +1,9 @@
 """``mailpipe serve``: the pipeline, the SMTP listener and the collectors in one process.
 
+With ``--workers N`` (N > 1) this process keeps the collectors and
+supervises N SMTP worker processes and one pipeline process
+(mailpipe.smtp.worker, mailpipe.pipeline_process).
+
 Connection changes made by the CLI (another process) reach the running
 server through the store's revision counter, polled every
 ``WATCH_INTERVAL`` seconds: a disabled or deleted connection stops
@@ -17,9 +21,8 @@ import anyio
 import anyio.to_thread
 from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
-from mailpipe.enrich import default_enrichers
 from mailpipe.group_commit import GroupCommitter
-from mailpipe.pipeline import Pipeline
+from mailpipe.pipeline_process import run_pipeline
 from mailpipe.runtime import Runtime
 from mailpipe.spool import SpooledMessage
 from mailpipe.types import CollectContext, Connection
@@ -60,18 +63,15 @@ class _RunningCollector:
 class Server:
     runtime: Runtime
     directory: ConnectionDirectory = field(default_factory=ConnectionDirectory)
-    pipeline: Pipeline | None = None
     collectors: dict[str, _RunningCollector] = field(default_factory=dict)
     started: anyio.Event = field(default_factory=anyio.Event)
     committer: GroupCommitter | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         runtime = self.runtime
-        sinks = runtime.build_sinks()
-        self.pipeline = Pipeline(runtime.spool, sinks, runtime.config.pipeline, default_enrichers())
         try:
             async with anyio.create_task_group() as group:
-                await group.start(self.pipeline.run)
+                await self._start_pipeline(group)
                 await self._refresh(group)
                 group.start_soon(self._watch, group)
                 if any(t.receives == "smtp" for t in runtime.host.connection_types.values()):
@@ -83,8 +83,9 @@ class Server:
                     extra={
                         "config": runtime.config.source,
                         "data_dir": str(runtime.config.data_dir),
-                        "sinks": [s.name for s in sinks],
+                        "sinks": [table["name"] for table in runtime.config.sinks],
                         "connections": len(self.directory.by_id),
+                        "processes": "one" if self.workers == 1 else f"{self.workers} SMTP workers and a pipeline",
                     },
                 )
                 self.started.set()
@@ -92,9 +93,23 @@ class Server:
         finally:
             if self.committer is not None:
                 self.committer.close()
-            with anyio.CancelScope(shield=True):
-                for slot in sinks:
-                    await slot.sink.aclose()
+
+    @property
+    def workers(self) -> int:
+        return int(self.runtime.extras.get("workers", 1) or 1)
+
+    async def _start_pipeline(self, group: TaskGroup) -> None:
+        if self.workers == 1:
+            await group.start(run_pipeline, self.runtime)
+            return
+        from mailpipe.children import child_command, supervise
+        from mailpipe.spool_notify import SpoolAnnouncer
+
+        await group.start(supervise, child_command("mailpipe.pipeline_process", self.runtime), "pipeline process")
+        # What the collectors here spool reaches the pipeline process as the
+        # SMTP workers' messages do.
+        announcer = SpoolAnnouncer(self.runtime.spool.root)
+        self.runtime.spool.subscribe(lambda message: announcer.announce(message.id))
 
     # --- connection changes --------------------------------------------------
 

@@ -1,8 +1,10 @@
 """`mailpipe serve --workers 2`: SMTP in two listener processes sharing the port,
-the pipeline in the server process."""
+the pipeline in a third process at idle CPU priority."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -17,6 +19,18 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except FileNotFoundError:
         return []
+
+
+def _role_of(pid: int) -> str:
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return "pipeline" if b"mailpipe.pipeline_process" in command else "smtp"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _refused(port: int) -> bool:
@@ -34,9 +48,16 @@ def test_workers_accept_reload_and_die_with_the_server(tmp_path: Path) -> None:
     try:
         server.wait_for_log("SMTP worker processes ready")
         assert server.process is not None
-        workers = _children(server.process.pid)
-        assert len(workers) == 2
+        children = _children(server.process.pid)
+        roles = sorted(_role_of(pid) for pid in children)
+        assert roles == ["pipeline", "smtp", "smtp"]
         assert len([e for e in server.logs() if e.get("msg") == "SMTP listener ready"]) == 2
+        assert server.wait_for_log("pipeline process ready")["cpu_priority"] == "idle"
+        pipeline = next(pid for pid in children if _role_of(pid) == "pipeline")
+        assert os.sched_getscheduler(pipeline) == os.SCHED_IDLE
+        for pid in children:
+            if _role_of(pid) == "smtp":
+                assert os.sched_getscheduler(pid) == os.SCHED_OTHER
 
         queue_ids = []
         for number in range(12):  # new connections: the kernel spreads them over both workers
@@ -44,8 +65,17 @@ def test_workers_accept_reload_and_die_with_the_server(tmp_path: Path) -> None:
                 code, reply, _ = send(client, SENDER, [added["address"]], f"Subject: w{number}\r\n\r\nx\r\n".encode())
                 assert code == 250, (code, reply)
                 queue_ids.append(queue_id_of(reply))
-        for queue_id in queue_ids:  # picked up by the server's pipeline
+        for queue_id in queue_ids:  # picked up by the pipeline process
             wait_for_arrival(setup.archive, queue_id)
+
+        # A pipeline process that dies is restarted, and what arrived
+        # meanwhile waits in the spool for it.
+        os.kill(pipeline, signal.SIGKILL)
+        with setup.client() as client:
+            code, reply, _ = send(client, SENDER, [added["address"]], b"Subject: while down\r\n\r\nx\r\n")
+            assert code == 250, (code, reply)
+        wait_for_arrival(setup.archive, queue_id_of(reply))
+        server.wait_for_log("child process exited; restarting", child="pipeline process")
 
         cli(setup.config, "connections", "disable", added["id"], check=True)
 
@@ -58,6 +88,11 @@ def test_workers_accept_reload_and_die_with_the_server(tmp_path: Path) -> None:
             return codes == {451}
 
         wait_until(all_refuse, timeout=15, message="a worker kept accepting for a disabled connection")
+        children = _children(server.process.pid)
     finally:
         server.kill()  # SIGKILL: the workers must not outlive the server
     wait_until(lambda: _refused(setup.port), timeout=15, message="a worker outlived the killed server")
+    wait_until(
+        lambda: not any(_alive(pid) for pid in children), timeout=15,
+        message="a child process outlived the killed server",
+    )

@@ -10,7 +10,7 @@ RCPT TO on, without a restart.
 
 With ``mailpipe serve --workers N`` (N > 1) the listening moves to N worker
 processes that share each port through SO_REUSEPORT (see worker.py); this
-process keeps the pipeline, which picks up what the workers spool.
+process supervises them (and a pipeline process: mailpipe.pipeline_process).
 """
 
 from __future__ import annotations
@@ -43,15 +43,10 @@ log = logging.getLogger("mailpipe.smtp")
 async def run_smtp_listener(server: "Server", *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Listen until cancelled; ``task_status.started()`` once every address is bound."""
     runtime = server.runtime
-    workers = int(runtime.extras.get("workers", 1) or 1)
-    if workers > 1:
+    if server.workers > 1:
         from mailpipe.smtp.worker import run_worker_pool
-        from mailpipe.spool_notify import receive_announcements
 
-        async with anyio.create_task_group() as group:
-            if server.pipeline is not None:
-                group.start_soon(receive_announcements, runtime.spool.root, server.pipeline.announced)
-            await run_worker_pool(runtime, workers, task_status=task_status)
+        await run_worker_pool(runtime, server.workers, task_status=task_status)
         return
     await serve_smtp(
         runtime.config.smtp, server.directory, runtime.host, runtime.spool, task_status=task_status

@@ -1,0 +1,103 @@
+"""Running the pipeline: in the server process, or in a process of its own.
+
+``mailpipe serve`` runs the pipeline in its own event loop. With
+``--workers N`` (N > 1) SMTP moves to N worker processes and the pipeline
+to this module's process, so that neither shares a GIL with the other, and
+the server process keeps the IMAP collectors and supervises the rest.
+
+The pipeline process runs at ``[pipeline] cpu_priority``:
+
+- ``idle`` (the default): Linux SCHED_IDLE. It runs on CPU time that
+  intake leaves free. During a burst, SMTP sessions are answered (and their
+  messages fsynced into the spool) at full speed and archiving catches up
+  right after; the spool is durable, so a message waiting there is safe.
+  Under load that never stops, the spool grows until intake slows.
+- ``normal``: the same priority as intake.
+
+Lowering a process's priority needs no privilege; raising it back does, so
+the setting takes effect at start only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Callable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from mailpipe.children import run_child
+from mailpipe.enrich import default_enrichers
+from mailpipe.pipeline import Pipeline, SinkSlot
+
+if TYPE_CHECKING:
+    from mailpipe.runtime import Runtime
+
+log = logging.getLogger("mailpipe.pipeline")
+
+
+async def run_pipeline(
+    runtime: "Runtime",
+    *,
+    from_other_processes: bool = False,
+    task_status: TaskStatus[list[SinkSlot]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Deliver until cancelled, then close the sinks. With
+    ``from_other_processes``, also take the spool ids that other processes
+    announce (mailpipe.spool_notify)."""
+    sinks = runtime.build_sinks()
+    pipeline = Pipeline(runtime.spool, sinks, runtime.config.pipeline, default_enrichers())
+    try:
+        async with anyio.create_task_group() as group:
+            if from_other_processes:
+                from mailpipe.spool_notify import receive_announcements
+
+                group.start_soon(receive_announcements, runtime.spool.root, pipeline.announced)
+            await group.start(pipeline.run)
+            task_status.started(sinks)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for slot in sinks:
+                await slot.sink.aclose()
+
+
+def lower_cpu_priority(priority: str) -> None:
+    """Apply ``[pipeline] cpu_priority`` to this whole process (every thread)."""
+    if priority != "idle":
+        return
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:  # not Linux
+        log.warning("cpu_priority = 'idle' needs Linux SCHED_IDLE; the pipeline runs at normal priority")
+        return
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(thread), policy, os.sched_param(0))
+        except OSError as error:
+            log.warning(
+                "cannot lower the pipeline's CPU priority; it runs at normal priority",
+                extra={"error": str(error)},
+            )
+            return
+
+
+async def _pipeline_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
+    lower_cpu_priority(runtime.config.pipeline.cpu_priority)
+    async with anyio.create_task_group() as group:
+        sinks = await group.start(lambda task_status: run_pipeline(
+            runtime, from_other_processes=True, task_status=task_status
+        ))
+        log.info(
+            "pipeline process ready",
+            extra={"sinks": [s.name for s in sinks], "cpu_priority": runtime.config.pipeline.cpu_priority},
+        )
+        ready()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_child("python -m mailpipe.pipeline_process", "pipeline", _pipeline_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
