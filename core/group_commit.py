@@ -1,28 +1,32 @@
-"""Group commit: many sessions' messages made durable by one pair of syncs.
+"""Group commit: many sessions' messages made durable by one filesystem sync.
 
 The spool's own ``SpoolWriter.commit`` fsyncs each message file and its
 metadata file one after the other, then the queue directory: three journal
 commits in a row per message. With 20 SMTP sessions that caps intake near
 600 messages/s on an ordinary disk, far below what SMTP alone can do.
 
-The SMTP listener and the collectors commit through :class:`GroupCommitter` instead. It keeps
-the spool's layout and its crash rule (``ID.json`` is the commit mark and
-appears only after ``ID.eml`` is durable) but makes a whole batch durable
-at once — every session whose message ended while the previous batch was
-being synced joins the next batch:
+The SMTP listener and the collectors commit through :class:`GroupCommitter`
+instead. Every session whose message ended while the previous batch was
+being synced joins the next batch, and a batch is made durable at once:
 
-1. close each message file, rename it into ``queue/``, write its metadata
-   into its mark file in ``tmp/`` (both files were created when DATA began,
-   in a worker thread: see :class:`StagedMessage`); then **syncfs** the
-   spool's filesystem (Linux ≥ 2.6.39; errors are reported since 5.8):
-   data, names and metadata are durable;
-2. rename each metadata file into ``queue/`` (the commit mark); then fsync
-   the ``queue/`` directory: the marks are durable.
+1. close each message file and rename it into ``queue/``; write its
+   metadata into its commit mark in ``tmp/`` and rename that into
+   ``queue/`` (both files were created when DATA began, in a worker
+   thread: see :class:`StagedMessage`);
+2. **syncfs** the spool's filesystem (Linux ≥ 2.6.39; errors are reported
+   since 5.8): data, names and metadata of the whole batch are durable.
 
-Only then is any client in the batch told ``250``. A crash between the
-steps leaves message files without a mark, which ``Spool.recover`` removes
-at start (they were never acknowledged). Where ``syncfs`` is missing (not
-Linux), step 1 fsyncs each file instead.
+Only then is any client in the batch told ``250``. Each mark records the
+boot it was written in: a machine that stops during step 2 may come back
+with a batch's names but not all of its bytes, and mailpipe.spool_check
+finds those at the next start by size and sha256 (they were never
+acknowledged). A process that dies during a batch leaves whole files (the
+page cache survives it): at worst a message the sender was not told about,
+which it sends again.
+
+Where ``syncfs`` is missing (not Linux), each file is fsynced before its
+mark is renamed, and the queue directory after: the order alone makes the
+mark trustworthy, and no boot is recorded.
 
 See mailpipe.durability for what ``syncfs`` costs and guarantees.
 """
@@ -38,6 +42,7 @@ import anyio.to_thread
 
 from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.spool import QUEUE, TMP, Spool, SpooledMessage, fsync_directory
+from mailpipe.spool_check import BOOT_KEY, current_boot_id
 
 
 
@@ -84,10 +89,11 @@ class StagedMessage:
 class _Pending:
     __slots__ = ("staged", "metadata", "encoded", "done", "error", "message")
 
-    def __init__(self, staged: StagedMessage, metadata: dict[str, Any]) -> None:
+    def __init__(self, staged: StagedMessage, metadata: dict[str, Any], boot: str | None) -> None:
         self.staged = staged
         self.metadata = metadata
-        self.encoded = json.dumps(metadata, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        mark = {**metadata, BOOT_KEY: boot} if boot else metadata
+        self.encoded = json.dumps(mark, ensure_ascii=False, sort_keys=True).encode("utf-8")
         self.done = anyio.Event()
         self.error: BaseException | None = None
         self.message: SpooledMessage | None = None
@@ -99,6 +105,10 @@ class GroupCommitter:
     def __init__(self, spool: Spool, use_syncfs: bool = True, lanes: int = 1) -> None:
         self.spool = spool
         self.syncfs = SYNCFS if use_syncfs else None
+        # A mark trusted without its own sync must say which boot wrote it.
+        self._boot = current_boot_id() if self.syncfs is not None else None
+        if self._boot is None:
+            self.syncfs = None
         self._waiting: list[_Pending] = []
         # Two batches may sync at once: one forms and starts while the
         # other waits for the disk, which shortens the wait of a session
@@ -144,7 +154,7 @@ class GroupCommitter:
 
     async def commit(self, staged: StagedMessage, **extra_metadata: Any) -> SpooledMessage:
         """Like ``SpoolWriter.commit(**extra)``: returns once the message is durable."""
-        pending = _Pending(staged, staged.writer.final_metadata(**extra_metadata))
+        pending = _Pending(staged, staged.writer.final_metadata(**extra_metadata), self._boot)
         self._waiting.append(pending)
         async with self._lanes:
             if not pending.done.is_set() and pending in self._waiting:
@@ -185,15 +195,18 @@ class GroupCommitter:
                 # hand-off to a worker thread per call, which costs more.
                 for pending in batch:
                     self._finish_files(pending, fsync=False)
+                    os.rename(pending.staged.mark_path, queue / f"{pending.staged.id}.json")
                 await anyio.to_thread.run_sync(sync_filesystem_of, self.spool.root, self.syncfs)
             else:
                 await anyio.to_thread.run_sync(self._finish_all_with_fsync, batch)
-            for pending in batch:
-                os.rename(pending.staged.mark_path, queue / f"{pending.staged.id}.json")
-            await anyio.to_thread.run_sync(fsync_directory, queue)
+                for pending in batch:
+                    os.rename(pending.staged.mark_path, queue / f"{pending.staged.id}.json")
+                await anyio.to_thread.run_sync(fsync_directory, queue)
         except BaseException:
             # Nobody in the batch is acknowledged: take its files back out of
-            # the queue so that the pipeline never sees half a batch.
+            # the queue. The pipeline may already have seen some of them (it
+            # then stores a message the sender will send again: a duplicate,
+            # never a loss).
             for pending in batch:
                 for suffix in (".json", ".eml"):
                     (queue / f"{pending.staged.id}{suffix}").unlink(missing_ok=True)

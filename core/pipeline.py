@@ -50,6 +50,7 @@ class Pipeline:
         sinks: list[SinkSlot],
         settings: PipelineConfig | None = None,
         enrichers: list[Enricher] | None = None,
+        recover_at_start: bool = True,
     ) -> None:
         if not any(slot.required for slot in sinks):
             raise ValueError("at least one sink must be required, or mail would leave the spool unstored")
@@ -57,6 +58,9 @@ class Pipeline:
         self.sinks = sinks
         self.settings = settings or PipelineConfig()
         self.enrichers = enrichers or []
+        # False where other processes write to the spool while this one
+        # starts: whoever starts them recovers first (Spool.recover).
+        self.recover_at_start = recover_at_start
         self._due: list[tuple[float, str]] = []
         self._known: set[str] = set()
         self._inflight: set[str] = set()
@@ -93,7 +97,8 @@ class Pipeline:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Deliver forever: what is already spooled first, then what arrives."""
-        await anyio.to_thread.run_sync(self.spool.recover)
+        if self.recover_at_start:
+            await anyio.to_thread.run_sync(self.spool.recover)
         await anyio.to_thread.run_sync(self._scan)
         send, receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
         async with anyio.create_task_group() as group:

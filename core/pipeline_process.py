@@ -45,10 +45,15 @@ async def run_pipeline(
     task_status: TaskStatus[list[SinkSlot]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Deliver until cancelled, then close the sinks. With
-    ``from_other_processes``, also take the spool ids that other processes
-    announce (mailpipe.spool_notify)."""
+    ``from_other_processes``, take the spool ids that other processes
+    announce (mailpipe.spool_notify), and leave the spool's recovery to the
+    server process, which does it before it starts any of them: a pipeline
+    process restarted while SMTP workers run must not clear their files."""
     sinks = runtime.build_sinks()
-    pipeline = Pipeline(runtime.spool, sinks, runtime.config.pipeline, default_enrichers())
+    pipeline = Pipeline(
+        runtime.spool, sinks, runtime.config.pipeline, default_enrichers(),
+        recover_at_start=not from_other_processes,
+    )
     try:
         async with anyio.create_task_group() as group:
             if from_other_processes:

@@ -105,6 +105,8 @@ class Server:
         from mailpipe.children import child_command, supervise
         from mailpipe.spool_notify import SpoolAnnouncer
 
+        # Before any process writes to the spool (see run_pipeline).
+        await anyio.to_thread.run_sync(self.runtime.spool.recover)
         await group.start(supervise, child_command("mailpipe.pipeline_process", self.runtime), "pipeline process")
         # What the collectors here spool reaches the pipeline process as the
         # SMTP workers' messages do.

@@ -10,8 +10,9 @@ Layout under ``<data_dir>/spool``::
 A message is committed by: fsync of ID.eml, rename into queue/, write and
 fsync ID.json, rename into queue/, fsync of queue/. ID.json is the commit
 mark: an ID.eml without it was never acknowledged and is removed on start.
-Directory fsyncs are shared by concurrent commits (group commit), so many
-sessions committing at once cost one directory sync rather than one each.
+SMTP and the collectors commit whole batches with one filesystem sync
+instead (group_commit.py; its marks are checked after a machine restart:
+spool_check.py).
 
 The spool is written on anyio; the blocking calls run in worker threads.
 """
@@ -31,6 +32,7 @@ import anyio
 import anyio.to_thread
 
 from mailpipe.recycle import FileRecycler
+from mailpipe.spool_check import BOOT_KEY, check_after_reboot
 
 CHUNK_SIZE = 256 * 1024
 QUEUE, QUARANTINE, TMP, FREE = "queue", "quarantine", "tmp", "free"
@@ -226,7 +228,9 @@ class Spool:
     # --- reading and housekeeping ----------------------------------------
 
     def recover(self) -> int:
-        """Drop what was never acknowledged; returns how many files went."""
+        """Drop what was never acknowledged; returns how many files went.
+        After a restart of the machine, also check what the group committer
+        wrote (mailpipe.spool_check)."""
         removed = 0
         for leftover in (self.root / TMP).iterdir():
             self.recycler.release(leftover)
@@ -240,6 +244,7 @@ class Spool:
         for state in queue.glob("*.state.json"):
             if not (queue / state.name.replace(".state.json", ".json")).exists():
                 state.unlink(missing_ok=True)
+        check_after_reboot(self)
         return removed
 
     def pending(self, where: str = QUEUE) -> list[SpooledMessage]:
@@ -266,6 +271,7 @@ class Spool:
             metadata = json.loads((directory / f"{spool_id}.json").read_text("utf-8"))
         except FileNotFoundError:
             return None
+        metadata.pop(BOOT_KEY, None)
         return SpooledMessage(spool_id, directory / f"{spool_id}.eml", metadata)
 
     def state(self, spool_id: str, where: str = QUEUE) -> DeliveryState:
