@@ -109,7 +109,7 @@ def run_mailpipe(dovecot: Dovecot, user: str, password: str, work: Path, count: 
         args += ["--set", f"{key}={value}"]
     connection_id = cli(config, *args, check=True).json["id"]
     queue = work / "data" / "spool" / "queue"
-    with ServerProcess(config) as server:
+    with ServerProcess(config, args=tuple(os.environ.get("BENCH_SERVE_ARGS", "").split())) as server:
         cli(config, "connections", "enable", connection_id, check=True)
         started = _log_time(server.wait_for_log("starting collector", 30))
 

@@ -69,12 +69,15 @@ class FileRecycler:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
 
     def release(self, path: Path) -> None:
-        """``path`` is no longer needed: keep it for reuse, or delete it."""
+        """``path`` is no longer needed: keep it for reuse, or delete it.
+        A file with another name elsewhere (the filesystem sink hard-links
+        spooled messages into the archive) is only unlinked: its bytes are
+        someone else's now."""
         try:
-            size = os.stat(path).st_size
+            status = os.stat(path)
         except FileNotFoundError:
             return
-        if size <= RECYCLE_MAX_BYTES and self._has_room():
+        if status.st_nlink == 1 and status.st_size <= RECYCLE_MAX_BYTES and self._has_room():
             name = secrets.token_hex(8)
             try:
                 os.rename(path, self.directory / name)

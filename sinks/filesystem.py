@@ -13,12 +13,21 @@ after a crash is the same arrival too: same mailbox, UIDVALIDITY and UID).
 
 Writes go to a temporary file, are fsynced, renamed into place, and the
 directory is fsynced: a reader sees the whole message or nothing.
+
+When the archive is on the spool's filesystem (the default layout: both
+under the data directory), a message file is not copied: the spooled file,
+already durable, gets a second name in the archive (a hard link), and the
+spool then drops its own name (the spool never reuses a file that has
+another name). Only the names and the metadata are written; a batch of new
+messages needs one filesystem sync instead of two. Elsewhere (another
+filesystem, or links refused) the bytes are copied.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import threading
@@ -33,6 +42,8 @@ from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.pipeline import store_each
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
+
+log = logging.getLogger("mailpipe.sinks.filesystem")
 
 #: Facts that describe one arrival rather than the message itself.
 ARRIVAL_KEYS = (
@@ -72,6 +83,7 @@ class FilesystemSink:
         self.fsync = bool(settings.get("fsync", True))
         self._stripes = [threading.Lock() for _ in range(64)]
         self._made_directories: set[Path] = set()
+        self._linking = bool(settings.get("link_from_spool", True))
 
     # --- storing -----------------------------------------------------------
 
@@ -91,6 +103,12 @@ class FilesystemSink:
         planned_json: dict[Path, dict[str, Any]] = {}
         planned_eml: set[Path] = set()
         renamed = 0
+        # Bytes under a temporary name must be durable before the rename
+        # that makes them visible: copies, and metadata merged into an
+        # existing file. Links and new metadata files need not wait: a crash
+        # before the batch's sync leaves the message in the spool, and its
+        # next delivery rewrites whatever the crash cut short.
+        sync_before_renames = False
 
         def key_of(message: SpooledMessage) -> tuple[str, str]:
             return (str(message.metadata.get("connection_id") or "unknown"), message.sha256)
@@ -106,10 +124,14 @@ class FilesystemSink:
                     connection_id = key_of(message)[0]
                     eml = self._eml_path(connection_id, message.sha256)
                     if eml not in planned_eml and not eml.exists():
-                        renames.append((self._write_temporary(eml, message.chunks()), eml))
+                        if not self._link(message, eml):
+                            renames.append((self._write_temporary(eml, message.chunks()), eml))
+                            sync_before_renames = True
                         planned_eml.add(eml)
                     meta_path = eml.with_suffix(".json")
-                    existing = planned_json.get(meta_path) or _read_json(meta_path)
+                    existing = planned_json.get(meta_path) or _read_archived_json(meta_path)
+                    if existing and meta_path not in planned_json:
+                        sync_before_renames = True
                     merged = merge_metadata(existing, message.metadata)
                     if merged != existing:
                         planned_json[meta_path] = merged
@@ -119,8 +141,8 @@ class FilesystemSink:
             for meta_path, merged in planned_json.items():
                 payload = json.dumps(merged, ensure_ascii=False, sort_keys=True, indent=1).encode()
                 renames.append((self._write_temporary(meta_path, iter([payload])), meta_path))
-            # Data durable first, then the names that make it visible.
-            sync_filesystem_of(self.root)
+            if sync_before_renames:
+                sync_filesystem_of(self.root)
             for done, (temporary, final) in enumerate(renames, start=1):
                 os.rename(temporary, final)
                 renamed = done
@@ -131,6 +153,20 @@ class FilesystemSink:
             for index in stripes:
                 self._stripes[index].release()
         return errors
+
+    def _link(self, message: SpooledMessage, eml: Path) -> bool:
+        """Give the spooled file its archive name; False where that cannot be done."""
+        if not self._linking:
+            return False
+        try:
+            os.link(message.path, eml)
+        except FileExistsError:
+            return True  # stored by an earlier delivery that a crash interrupted
+        except OSError:
+            # Another filesystem (EXDEV) or no hard links here: copy from now on.
+            self._linking = False
+            return False
+        return True
 
     def _eml_path(self, connection_id: str, sha256: str) -> Path:
         directory = self.root / _safe(connection_id) / sha256[:2]
@@ -283,6 +319,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_archived_json(path: Path) -> dict[str, Any]:
+    """The metadata already archived beside a message, for merging. A file
+    that is not JSON can only be a new one that a crash cut short before its
+    sync (an existing one is synced before it is replaced): it is rewritten."""
+    try:
+        return _read_json(path)
+    except ValueError:
+        log.warning("archived metadata was cut short by a crash; rewriting it", extra={"path": str(path)})
+        return {}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text("utf-8"))
@@ -304,6 +351,11 @@ def mailpipe_sink_types() -> list[SinkType]:
             settings=(
                 Setting("path", "path", required=True, help="directory of the archive"),
                 Setting("fsync", "bool", default=True, help="fsync files and directories (keep true)"),
+                Setting(
+                    "link_from_spool", "bool", default=True,
+                    help="hard-link spooled messages into the archive when it is on the spool's "
+                    "filesystem, instead of copying them",
+                ),
             ),
         )
     ]

@@ -26,15 +26,25 @@ def inodes(directory: Path) -> set[int]:
     return {entry.stat().st_ino for entry in directory.iterdir()}
 
 
-async def test_delivered_files_are_reused_and_cut_to_the_new_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", [True, False], ids=["linked-into-archive", "copied"])
+async def test_delivered_files_are_reused_and_cut_to_the_new_message(tmp_path: Path, link: bool) -> None:
     spool = Spool(tmp_path / "spool")
-    sink = FilesystemSink("fs", {"path": str(tmp_path / "archive")}, SinkContext(str(tmp_path), str(tmp_path)))
+    sink = FilesystemSink(
+        "fs", {"path": str(tmp_path / "archive"), "link_from_spool": link}, SinkContext(str(tmp_path), str(tmp_path))
+    )
     pipeline = Pipeline(spool, [SinkSlot("fs", sink)])
     long_message = b"Subject: long\r\n\r\n" + b"L" * 5000 + b"\r\n"
     first = await spool.write_bytes(long_message, {"connection_id": "c1"})
+    spooled_inode = first.path.stat().st_ino
     await pipeline.drain()
     freed = inodes(tmp_path / "spool" / FREE)
-    assert len(freed) == 2  # the message file and its metadata file
+    (archived_long,) = (tmp_path / "archive").rglob("*.eml")
+    if link:
+        # The archive holds the spooled file itself; only the metadata file is free for reuse.
+        assert archived_long.stat().st_ino == spooled_inode and archived_long.stat().st_nlink == 1
+        assert len(freed) == 1 and spooled_inode not in freed
+    else:
+        assert len(freed) == 2  # the message file and its metadata file
     assert spool.pending() == []
 
     # Two shorter messages through the group committer (the SMTP path):
