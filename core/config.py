@@ -54,8 +54,9 @@ class PipelineConfig:
     backoff_max: float = 300.0
     concurrency: int = 8
     batch_size: int = 64  # messages handed to a sink's store_batch at once
-    # With `serve --workers N`: the pipeline process's CPU priority (see
-    # mailpipe.pipeline_process). "idle": it runs on what intake leaves free.
+    # The pipeline runs in a process of its own (mailpipe.pipeline_process),
+    # at this CPU priority: "idle" runs it on what intake leaves free.
+    own_process: bool = True
     cpu_priority: str = "idle"
 
 
@@ -191,9 +192,11 @@ def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
     config = _dataclass_from(PipelineConfig, table, source, "pipeline")
     if config.cpu_priority not in CPU_PRIORITIES:
         raise ConfigError(
-            f"{source}: [pipeline] cpu_priority must be 'idle' (the default: with --workers, archiving "
-            "waits for CPU that intake leaves free) or 'normal'"
+            f"{source}: [pipeline] cpu_priority must be 'idle' (the default: archiving waits for CPU "
+            "that intake leaves free) or 'normal'"
         )
+    if not isinstance(config.own_process, bool):
+        raise ConfigError(f"{source}: [pipeline] own_process must be true or false (without quotes)")
     return config
 
 

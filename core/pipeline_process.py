@@ -1,9 +1,13 @@
-"""Running the pipeline: in the server process, or in a process of its own.
+"""Running the pipeline: in a process of its own, or in the server process.
 
-``mailpipe serve`` runs the pipeline in its own event loop. With
-``--workers N`` (N > 1) SMTP moves to N worker processes and the pipeline
-to this module's process, so that neither shares a GIL with the other, and
-the server process keeps the IMAP collectors and supervises the rest.
+By default (``[pipeline] own_process = true``) ``mailpipe serve`` runs the
+pipeline in this module's process, so that archiving never holds the GIL
+that intake needs: the server process keeps the SMTP listener (or, with
+``--workers N``, supervises N SMTP worker processes) and the IMAP
+collectors. Every process that spools announces the new spool ids to the
+pipeline process (mailpipe.spool_notify); its rescan of the queue every
+second is the backstop. With ``own_process = false`` the pipeline runs in
+the server's event loop (one process; slower, simpler to debug).
 
 The pipeline process runs at ``[pipeline] cpu_priority``:
 
@@ -41,22 +45,22 @@ log = logging.getLogger("mailpipe.pipeline")
 async def run_pipeline(
     runtime: "Runtime",
     *,
-    from_other_processes: bool = False,
+    announcements: bool = False,
+    recover_at_start: bool = True,
     task_status: TaskStatus[list[SinkSlot]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Deliver until cancelled, then close the sinks. With
-    ``from_other_processes``, take the spool ids that other processes
-    announce (mailpipe.spool_notify), and leave the spool's recovery to the
-    server process, which does it before it starts any of them: a pipeline
-    process restarted while SMTP workers run must not clear their files."""
+    """Deliver until cancelled, then close the sinks. With ``announcements``,
+    take the spool ids that other processes announce (mailpipe.spool_notify).
+    ``recover_at_start=False`` leaves the spool's recovery to the server
+    process, which does it before it starts any other: a pipeline process
+    restarted while others spool must not clear their files."""
     sinks = runtime.build_sinks()
     pipeline = Pipeline(
-        runtime.spool, sinks, runtime.config.pipeline, default_enrichers(),
-        recover_at_start=not from_other_processes,
+        runtime.spool, sinks, runtime.config.pipeline, default_enrichers(), recover_at_start=recover_at_start
     )
     try:
         async with anyio.create_task_group() as group:
-            if from_other_processes:
+            if announcements:
                 from mailpipe.spool_notify import receive_announcements
 
                 group.start_soon(receive_announcements, runtime.spool.root, pipeline.announced)
@@ -91,7 +95,7 @@ async def _pipeline_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
     lower_cpu_priority(runtime.config.pipeline.cpu_priority)
     async with anyio.create_task_group() as group:
         sinks = await group.start(lambda task_status: run_pipeline(
-            runtime, from_other_processes=True, task_status=task_status
+            runtime, announcements=True, recover_at_start=False, task_status=task_status
         ))
         log.info(
             "pipeline process ready",

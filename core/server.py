@@ -1,8 +1,9 @@
-"""``mailpipe serve``: the pipeline, the SMTP listener and the collectors in one process.
+"""``mailpipe serve``: the SMTP listener, the collectors and the pipeline.
 
-With ``--workers N`` (N > 1) this process keeps the collectors and
-supervises N SMTP worker processes and one pipeline process
-(mailpipe.smtp.worker, mailpipe.pipeline_process).
+This process runs the collectors and the SMTP listener, and supervises the
+pipeline process (mailpipe.pipeline_process; with ``[pipeline] own_process
+= false`` the pipeline runs here instead). With ``--workers N`` (N > 1) the
+SMTP listener moves to N worker processes (mailpipe.smtp.worker).
 
 Connection changes made by the CLI (another process) reach the running
 server through the store's revision counter, polled every
@@ -85,7 +86,8 @@ class Server:
                         "data_dir": str(runtime.config.data_dir),
                         "sinks": [table["name"] for table in runtime.config.sinks],
                         "connections": len(self.directory.by_id),
-                        "processes": "one" if self.workers == 1 else f"{self.workers} SMTP workers and a pipeline",
+                        "smtp_workers": self.workers if self.workers > 1 else 0,
+                        "pipeline": "own process" if runtime.config.pipeline.own_process else "this process",
                     },
                 )
                 self.started.set()
@@ -99,19 +101,22 @@ class Server:
         return int(self.runtime.extras.get("workers", 1) or 1)
 
     async def _start_pipeline(self, group: TaskGroup) -> None:
-        if self.workers == 1:
-            await group.start(run_pipeline, self.runtime)
+        runtime = self.runtime
+        if not runtime.config.pipeline.own_process:
+            await group.start(lambda task_status: run_pipeline(
+                runtime, announcements=self.workers > 1, task_status=task_status
+            ))
             return
         from mailpipe.children import child_command, supervise
         from mailpipe.spool_notify import SpoolAnnouncer
 
-        # Before any process writes to the spool (see run_pipeline).
-        await anyio.to_thread.run_sync(self.runtime.spool.recover)
-        await group.start(supervise, child_command("mailpipe.pipeline_process", self.runtime), "pipeline process")
-        # What the collectors here spool reaches the pipeline process as the
-        # SMTP workers' messages do.
-        announcer = SpoolAnnouncer(self.runtime.spool.root)
-        self.runtime.spool.subscribe(lambda message: announcer.announce(message.id))
+        # Before any other process writes to the spool (see run_pipeline).
+        await anyio.to_thread.run_sync(runtime.spool.recover)
+        await group.start(supervise, child_command("mailpipe.pipeline_process", runtime), "pipeline process")
+        # What this process spools (SMTP without --workers, the collectors)
+        # reaches the pipeline process as the SMTP workers' messages do.
+        announcer = SpoolAnnouncer(runtime.spool.root)
+        runtime.spool.subscribe(lambda message: announcer.announce(message.id))
 
     # --- connection changes --------------------------------------------------
 
