@@ -253,8 +253,8 @@ def main() -> None:
     )
     parser.add_argument("--client", choices=("auto", "smtp-source", "python"), default="auto")
     parser.add_argument(
-        "--pipeline-concurrency", type=int, default=8,
-        help="[pipeline] concurrency of the mailpipe server (default 8, the product default)",
+        "--pipeline-concurrency", type=int, default=1,
+        help="[pipeline] concurrency of the mailpipe server (default 1, the product default)",
     )
     args = parser.parse_args()
 

@@ -52,7 +52,7 @@ class PipelineConfig:
     max_attempts: int = 8
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
-    concurrency: int = 8
+    concurrency: int = 1  # batches delivered at once (a batch's stores already overlap)
     batch_size: int = 64  # messages handed to a sink's store_batch at once
     # The pipeline runs in a process of its own (mailpipe.pipeline_process),
     # at this CPU priority: "idle" runs it on what intake leaves free.

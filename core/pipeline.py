@@ -281,13 +281,20 @@ async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str
 
 
 async def store_each(sink: Sink, messages: list[SpooledMessage]) -> dict[str, str]:
-    """One ``store`` call per message; returns ``{spool id: error text}``."""
-    failed = {}
-    for message in messages:
+    """One ``store`` call per message, all at once (a sink bounds its own
+    concurrency, as the S3 sink does with ``max_concurrency``); returns
+    ``{spool id: error text}``."""
+    failed: dict[str, str] = {}
+
+    async def store(message: SpooledMessage) -> None:
         try:
             await sink.store(message)
         except Exception as error:
             failed[message.id] = _describe(error)
+
+    async with anyio.create_task_group() as group:
+        for message in messages:
+            group.start_soon(store, message)
     return failed
 
 
