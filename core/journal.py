@@ -66,6 +66,30 @@ def journal_format(headers: Message) -> str | None:
     return None
 
 
+#: Bytes read to decide cheaply that a message is not a journal report.
+QUICK_LOOK_BYTES = 64 * 1024
+_REPORT_HEADER_NAMES = (b"x-ms-journal-report", b"content-identif")
+
+
+def _may_be_a_report(path: str | os.PathLike[str]) -> bool:
+    """False when the whole header block is in the first ``QUICK_LOOK_BYTES``
+    and names neither report header: most mail that is not a report is then
+    never given to the MIME parser. True when in doubt (a long header block,
+    or a file that cannot be read: the full parse reports that)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(QUICK_LOOK_BYTES)
+    except OSError:
+        return True
+    ends = [end for end in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if end >= 0]
+    if not ends and len(head) == QUICK_LOOK_BYTES:
+        return True
+    # No blank line in a short file: all of it is header.
+    block = head[: min(ends)] if ends else head
+    lowered = block.lower()
+    return any(name in lowered for name in _REPORT_HEADER_NAMES)
+
+
 def parse_journal_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Parse the envelope of a journal report stored at ``path``.
 
@@ -89,6 +113,8 @@ def parse_journal_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     :class:`mailpipe.mime.MimeError` only if the file cannot be opened or its
     headers cannot be read at all.
     """
+    if not _may_be_a_report(path):
+        return None
     walk = iter_parts(path, descend=lambda part: not part.is_message)
     try:
         root = next(walk)

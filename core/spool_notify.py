@@ -1,11 +1,17 @@
 """Telling the pipeline, in another process, that a message was spooled.
 
-Under ``serve --workers N`` the SMTP workers spool messages that only the
-server process delivers. Each worker sends the id of every message it
-committed, one datagram each, to a Unix socket of the server process; the
-pipeline schedules it at once. The pipeline's periodic rescan of the
-queue stays the backstop: a lost datagram only delays a message by up to
-a second, never loses it (the message is durable before it is announced).
+The pipeline runs in a process of its own (mailpipe.pipeline_process); the
+processes that spool (the server's SMTP listener and collectors, the SMTP
+workers) send the ids of the messages they committed to a Unix datagram
+socket of the pipeline process, which schedules them at once. The ids
+committed in one turn of the sender's event loop (a group commit's batch)
+travel together, space-separated, in as few datagrams as fit. A Unix
+datagram socket queues only a few datagrams (``net.unix.max_dgram_qlen``,
+10 by default): when the pipeline is busy and the queue is full, the
+sender keeps the ids and tries again a few milliseconds later. The
+pipeline's periodic rescan of the queue stays the backstop: a lost
+datagram only delays a message by up to a second, never loses it (the
+message is durable before it is announced).
 
 The socket is in Linux's abstract namespace, named after the spool
 directory (so two servers on one machine do not mix), which avoids the
@@ -17,6 +23,7 @@ sockets do not exist (not Linux), only the rescan is used.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -30,8 +37,14 @@ import anyio
 log = logging.getLogger("mailpipe.spool")
 
 _SPOOL_ID = re.compile(rb"[0-9a-f]{24}")
-#: Longer datagrams are cut here, so they fail the id check.
-MAX_DATAGRAM = 64
+#: Ids per datagram (25 bytes each with the separator).
+IDS_PER_DATAGRAM = 160
+#: Longer datagrams are cut here (the cut id then fails the check).
+MAX_DATAGRAM = 25 * IDS_PER_DATAGRAM
+#: When the pipeline's queue is full, try again after this many seconds.
+RETRY_SECONDS = 0.005
+#: Ids kept for a pipeline that does not read; beyond, the oldest are left to its rescan.
+MAX_PENDING = 100_000
 
 
 def socket_name(spool_root: Path) -> bytes | None:
@@ -43,25 +56,56 @@ def socket_name(spool_root: Path) -> bytes | None:
 
 
 class SpoolAnnouncer:
-    """In a worker: sends committed spool ids to the server's pipeline."""
+    """Sends committed spool ids to the pipeline process."""
 
     def __init__(self, spool_root: Path) -> None:
         self.address = socket_name(spool_root)
         self.socket: socket.socket | None = None
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
         if self.address is not None:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.socket.setblocking(False)
 
     def announce(self, spool_id: str) -> None:
+        """Queue ``spool_id``; it is sent when this turn of the event loop ends."""
         if self.socket is None:
             return
-        try:
-            self.socket.sendto(spool_id.encode(), self.address)
-        except OSError:
-            pass  # server not listening or busy: its rescan finds the message
+        self._pending.append(spool_id.encode())
+        if len(self._pending) > MAX_PENDING:
+            del self._pending[: len(self._pending) - MAX_PENDING]
+        if not self._flush_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not in an event loop: send now
+                self.flush()
+                return
+            self._flush_scheduled = True
+            loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        if not self.flush():
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._scheduled_flush)
+
+    def flush(self) -> bool:
+        """Send what is queued; False if the pipeline's queue is full (try later)."""
+        while self._pending and self.socket is not None:
+            batch = self._pending[:IDS_PER_DATAGRAM]
+            try:
+                self.socket.sendto(b" ".join(batch), self.address)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._pending.clear()  # no pipeline listening: its rescan at start finds them
+                return True
+            del self._pending[: len(batch)]
+        return True
 
     def close(self) -> None:
         if self.socket is not None:
+            self.flush()
             self.socket.close()
 
 
@@ -90,7 +134,8 @@ async def receive_announcements(spool_root: Path, deliver: Callable[[str], None]
                     payload = listener.recv(MAX_DATAGRAM)
                 except BlockingIOError:
                     break
-                if _SPOOL_ID.fullmatch(payload):
-                    deliver(payload.decode())
+                for candidate in payload.split(b" "):
+                    if _SPOOL_ID.fullmatch(candidate):
+                        deliver(candidate.decode())
     finally:
         listener.close()

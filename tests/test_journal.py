@@ -381,3 +381,26 @@ def test_large_report_is_parsed_in_bounded_memory(write: Write) -> None:
 
 def _stream(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
+
+
+# --- the quick look that spares plain mail the MIME parser ------------------------
+
+
+def test_plain_mail_is_not_given_to_the_mime_parser(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailpipe import journal
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("plain mail reached the MIME parser")
+
+    monkeypatch.setattr(journal, "iter_parts", refuse)
+    assert parse(write, b"Subject: plain\r\nX-Content-Note: journal\r\n\r\nContent-Identifier: ExJournalReport\r\n") is None
+    assert parse(write, to_lf(b"Subject: plain\r\n\r\nbody\r\n")) is None
+
+
+@pytest.mark.parametrize("where", ["first", "after 70 KiB of headers"])
+def test_report_header_anywhere_in_a_long_header_block_is_found(write: Write, where: str) -> None:
+    report = build_exchange_report()
+    if where != "first":
+        padding = b"".join(b"X-Padding-%05d: %s\r\n" % (n, b"p" * 60) for n in range(1000))
+        report = padding + report
+    assert report_of(write, report)["format"] == "exchange2007"

@@ -139,3 +139,36 @@ async def test_worker_announcements_reach_the_pipeline(tmp_path: Path) -> None:
         announcer.close()
         group.cancel_scope.cancel()
     assert set(received) == {good}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the processes that spool run asyncio
+async def test_announcements_wait_while_the_pipelines_queue_is_full(tmp_path: Path) -> None:
+    """A burst larger than a Unix datagram queue holds (10 datagrams) arrives
+    whole: the sender coalesces ids and retries when the queue is full
+    (elsewhere than on asyncio it sends at once and leaves the rest to the
+    pipeline's rescan)."""
+    import socket
+
+    from mailpipe.spool_notify import socket_name
+
+    root = tmp_path / "spool"
+    root.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(socket_name(root))
+    listener.setblocking(False)
+    ids = [f"{n:024x}" for n in range(5000)]
+    announcer = SpoolAnnouncer(root)
+    for spool_id in ids:  # one turn of the event loop, as a group commit's batch
+        announcer.announce(spool_id)
+    await anyio.sleep(0.05)  # sent what fits; the rest waits for room
+    assert announcer._pending, "the burst should not fit in the socket's queue"
+    received: list[str] = []
+    with anyio.fail_after(10):
+        while len(received) < len(ids):
+            try:
+                received.extend(listener.recv(1 << 16).decode().split(" "))
+            except BlockingIOError:
+                await anyio.sleep(0.002)
+    assert received == ids
+    announcer.close()
+    listener.close()
