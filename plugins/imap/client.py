@@ -13,6 +13,14 @@ for months needs and the library leaves out:
   time (see ``_LinearFetchCommand``);
 - every failure is an ``ImapError`` whose text an operator can act on.
 
+Recursion: aioimaplib handles the lines of one network read by calling
+itself once per line, so a read that holds more than about a thousand
+short responses (the ``* n EXPUNGE`` lines of a large expunge, the FETCH
+answers of many small messages) overflows Python's default recursion limit
+of 1000 and kills the session. Importing this module raises the limit to
+``MIN_RECURSION_LIMIT``; since Python 3.11 a Python-to-Python call does not
+use the C stack, so the cost is only the frames that are really used.
+
 Memory: aioimaplib collects a literal (a message body) into one
 ``bytearray`` and hands that same object back; nothing here copies it.
 Messages above ``LARGE_MESSAGE_BYTES`` are fetched in partial ranges
@@ -27,6 +35,7 @@ import base64
 import re
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
@@ -48,6 +57,10 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _PLAIN_GREETING = (b"* OK", b"* PREAUTH", b"* BYE")
+
+MIN_RECURSION_LIMIT = 50_000
+if sys.getrecursionlimit() < MIN_RECURSION_LIMIT:
+    sys.setrecursionlimit(MIN_RECURSION_LIMIT)
 
 
 # --- errors -----------------------------------------------------------------------

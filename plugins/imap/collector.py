@@ -51,12 +51,12 @@ from mailpipe.types import CollectContext, Connection
 
 log = logging.getLogger("mailpipe.imap")
 
-BATCH_MESSAGES = 100  # aioimaplib parses a read recursively, a few frames per message: keep batches modest
+BATCH_MESSAGES = 200  # aioimaplib parses a read recursively, a few frames per message: see client.py
 BATCH_BYTES = 16 * 1024 * 1024
 ACTION_BATCH = 500
-#: Messages of one batch being fsynced into the spool at once. More is not
-#: faster: beyond a few dozen, threads only queue for the disk and the GIL.
-SPOOL_CONCURRENCY = 32
+#: Messages being committed into the spool at once: a whole fetched batch,
+#: so that the group committer makes it durable with one or two syncs.
+SPOOL_CONCURRENCY = 256
 IDLE_SECONDS = 120.0  # re-issue IDLE this often; also bounds how long a silent dead peer goes unnoticed
 RECONNECT_SECONDS = (1.0, 60.0)
 CHECKPOINT_KEY = "checkpoint"
