@@ -53,6 +53,8 @@ log = logging.getLogger("mailpipe.imap")
 
 BATCH_MESSAGES = 200  # aioimaplib parses a read recursively, a few frames per message: see client.py
 BATCH_BYTES = 16 * 1024 * 1024
+#: UIDs whose sizes are asked for in one command (a multiple of BATCH_MESSAGES).
+SIZES_AHEAD = 25 * BATCH_MESSAGES
 ACTION_BATCH = 500
 #: Messages being committed into the spool at once: a whole fetched batch,
 #: so that the group committer makes it durable with one or two syncs.
@@ -220,8 +222,12 @@ class Collector:
         async with anyio.create_task_group() as group:
             group.start_soon(self._spool_worker, receive, checkpoint, acknowledged)
             async with send:
-                for chunk in _batched(uids, BATCH_MESSAGES):
-                    sizes = await session.fetch_sizes(chunk)
+                sizes: dict[int, int] = {}
+                for start in range(0, len(uids), BATCH_MESSAGES):
+                    chunk = uids[start : start + BATCH_MESSAGES]
+                    if start % SIZES_AHEAD == 0:
+                        # Sizes for many batches at once: one round trip instead of one per batch.
+                        sizes = await session.fetch_sizes(uids[start : start + SIZES_AHEAD])
                     for work in self._plan(chunk, sizes, checkpoint):
                         if isinstance(work, _Large):
                             work.message.chunks = _streamer(session, work.message.uid)
