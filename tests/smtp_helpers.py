@@ -151,6 +151,13 @@ def spooled_count(setup: SmtpSetup) -> int:
     return pending + len(archived_files(setup.archive))
 
 
+def peak_rss_tree_kib(pid: int) -> int:
+    """The sum of the peaks of ``pid`` and its child processes (the pipeline
+    process, SMTP workers), in KiB: an upper bound of the tree's peak."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return peak_rss_kib(pid) + sum(peak_rss_kib(int(child)) for child in children)
+
+
 def peak_rss_kib(pid: int) -> int:
     """VmHWM: the most resident memory the process ever had, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
