@@ -45,6 +45,7 @@ class FileRecycler:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._directory_text = str(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._names: list[str] = []
@@ -68,7 +69,7 @@ class FileRecycler:
                 break
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
 
-    def release(self, path: Path) -> None:
+    def release(self, path: str | Path) -> None:
         """``path`` is no longer needed: keep it for reuse, or delete it.
         A file with another name elsewhere (the filesystem sink hard-links
         spooled messages into the archive) is only unlinked: its bytes are
@@ -80,7 +81,7 @@ class FileRecycler:
         if status.st_nlink == 1 and status.st_size <= RECYCLE_MAX_BYTES and self._has_room():
             name = secrets.token_hex(8)
             try:
-                os.rename(path, self.directory / name)
+                os.rename(path, f"{self._directory_text}/{name}")
             except FileNotFoundError:
                 return
             except OSError:
@@ -89,7 +90,10 @@ class FileRecycler:
                 with self._lock:
                     self._names.append(name)
                 return
-        path.unlink(missing_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def trim(self) -> None:
         """Keep at most ``FREE_LIMIT`` files (at start, when nothing else runs)."""

@@ -190,6 +190,7 @@ class Spool:
         for name in (QUEUE, QUARANTINE, TMP):
             (root / name).mkdir(parents=True, exist_ok=True)
         self.recycler = FileRecycler(root / FREE)
+        self._root_text = str(root)
         self.queue_sync = _DirectorySync(root / QUEUE)
         self._listeners: list[Callable[[SpooledMessage], None]] = []
 
@@ -266,17 +267,19 @@ class Spool:
         }
 
     def load(self, spool_id: str, where: str = QUEUE) -> SpooledMessage | None:
-        directory = self.root / where
+        directory = f"{self._root_text}/{where}"
         try:
-            metadata = json.loads((directory / f"{spool_id}.json").read_text("utf-8"))
+            with open(f"{directory}/{spool_id}.json", "rb") as handle:
+                metadata = json.loads(handle.read())
         except FileNotFoundError:
             return None
         metadata.pop(BOOT_KEY, None)
-        return SpooledMessage(spool_id, directory / f"{spool_id}.eml", metadata)
+        return SpooledMessage(spool_id, Path(f"{directory}/{spool_id}.eml"), metadata)
 
     def state(self, spool_id: str, where: str = QUEUE) -> DeliveryState:
         try:
-            data = json.loads((self.root / where / f"{spool_id}.state.json").read_text("utf-8"))
+            with open(f"{self._root_text}/{where}/{spool_id}.state.json", "rb") as handle:
+                data = json.loads(handle.read())
         except FileNotFoundError:
             return DeliveryState()
         state = DeliveryState.from_json(data)
@@ -289,13 +292,16 @@ class Spool:
 
     def remove(self, spool_id: str, has_state: bool = True) -> None:
         """Called only after every required sink confirmed."""
-        queue = self.root / QUEUE
+        queue = f"{self._root_text}/{QUEUE}"
         # The commit mark goes first: a crash in between leaves a bare .eml
         # that recover() discards, never a message that is delivered twice.
-        self.recycler.release(queue / f"{spool_id}.json")
-        self.recycler.release(queue / f"{spool_id}.eml")
+        self.recycler.release(f"{queue}/{spool_id}.json")
+        self.recycler.release(f"{queue}/{spool_id}.eml")
         if has_state:
-            (queue / f"{spool_id}.state.json").unlink(missing_ok=True)
+            try:
+                os.unlink(f"{queue}/{spool_id}.state.json")
+            except FileNotFoundError:
+                pass
 
     def move(self, spool_id: str, source: str, destination: str) -> None:
         """Between queue/ and quarantine/; the metadata (commit mark) moves last."""
