@@ -56,3 +56,26 @@ def test_linear_completeness_check_agrees_with_aioimaplib() -> None:
                 assert stock.wait_data() == linear.wait_data()
 
     asyncio.run(compare())
+
+
+def test_fetch_times_out_only_after_a_quiet_spell() -> None:
+    """The inactivity timer: data arriving keeps the command alive past its
+    timeout; silence for the timeout ends it with aioimaplib's CommandTimeout."""
+
+    async def scenario() -> tuple[bool, bool]:
+        command = _LinearFetchCommand("A1", "1:*", "(BODY[])", prefix="UID", timeout=1.0)
+        loop = asyncio.get_running_loop()
+        busy_until = loop.time() + 2.5
+        while loop.time() < busy_until:  # 2.5 timeouts' worth of steady data
+            command.append_to_resp(b"1 FETCH (UID 1 FLAGS ())")
+            await asyncio.sleep(0.05)
+        alive_while_busy = not command._event.is_set()
+        try:
+            await asyncio.wait_for(command.wait(), 10)
+        except aioimaplib.CommandTimeout:
+            return alive_while_busy, True
+        return alive_while_busy, False
+
+    alive_while_busy, timed_out_when_quiet = asyncio.run(scenario())
+    assert alive_while_busy
+    assert timed_out_when_quiet

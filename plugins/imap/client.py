@@ -251,12 +251,32 @@ class _LinearFetchCommand(aioimaplib.FetchCommand):
     """aioimaplib's FETCH decides "is the answer complete?" by rescanning every
     line received so far for each new line, which makes a 500-message FETCH
     quadratic. Same rule, kept incrementally: parentheses counted since the
-    last ``N FETCH (`` line."""
+    last ``N FETCH (`` line.
+
+    Its inactivity timeout (no data for ``timeout`` seconds) is also kept
+    cheaply: aioimaplib cancels its timer and arms a new one for every line
+    received; here each line only notes the time, and the one armed timer,
+    when it fires, times the command out or re-arms itself for the rest."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scanned = 0
         self._depth = 0
+
+    def _set_timer(self) -> None:
+        if self._timeout is not None:
+            self._last_activity = self._loop.time()
+            self._timer = self._loop.call_later(self._timeout, self._check_activity)
+
+    def _reset_timer(self) -> None:
+        self._last_activity = self._loop.time()
+
+    def _check_activity(self) -> None:
+        quiet = self._loop.time() - self._last_activity
+        if quiet >= self._timeout:
+            self._timeout_callback()
+        else:
+            self._timer = self._loop.call_later(self._timeout - quiet, self._check_activity)
 
     def wait_data(self) -> bool:
         lines = self._resp_lines
