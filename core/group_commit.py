@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -57,7 +58,7 @@ class StagedMessage:
 
     def __init__(self, spool: Spool, metadata: dict[str, Any]) -> None:
         self.writer = spool.writer(metadata)
-        self.mark_path = spool.root / TMP / f"{self.writer.id}.json.commit"
+        self.mark_path = f"{spool._root_text}/{TMP}/{self.writer.id}.json.commit"
         try:
             descriptor, self.mark_reused = spool.recycler.open_new(self.mark_path)
             self.mark_descriptor: int | None = descriptor
@@ -187,7 +188,7 @@ class GroupCommitter:
             self.spool.announce(message)
 
     async def _make_durable(self, batch: list[_Pending]) -> list[SpooledMessage]:
-        queue = self.spool.root / QUEUE
+        queue = f"{self.spool._root_text}/{QUEUE}"
         try:
             if self.syncfs is not None:
                 # Closing, renaming and writing already-open files are quick
@@ -195,12 +196,12 @@ class GroupCommitter:
                 # hand-off to a worker thread per call, which costs more.
                 for pending in batch:
                     self._finish_files(pending, fsync=False)
-                    os.rename(pending.staged.mark_path, queue / f"{pending.staged.id}.json")
+                    os.rename(pending.staged.mark_path, f"{queue}/{pending.staged.id}.json")
                 await anyio.to_thread.run_sync(sync_filesystem_of, self.spool.root, self.syncfs)
             else:
                 await anyio.to_thread.run_sync(self._finish_all_with_fsync, batch)
                 for pending in batch:
-                    os.rename(pending.staged.mark_path, queue / f"{pending.staged.id}.json")
+                    os.rename(pending.staged.mark_path, f"{queue}/{pending.staged.id}.json")
                 await anyio.to_thread.run_sync(fsync_directory, queue)
         except BaseException:
             # Nobody in the batch is acknowledged: take its files back out of
@@ -208,11 +209,14 @@ class GroupCommitter:
             # then stores a message the sender will send again: a duplicate,
             # never a loss).
             for pending in batch:
-                for suffix in (".json", ".eml"):
-                    (queue / f"{pending.staged.id}{suffix}").unlink(missing_ok=True)
-                pending.staged.mark_path.unlink(missing_ok=True)
+                for path in (f"{queue}/{pending.staged.id}.json", f"{queue}/{pending.staged.id}.eml",
+                             pending.staged.mark_path):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
             raise
-        return [SpooledMessage(p.staged.id, queue / f"{p.staged.id}.eml", p.metadata) for p in batch]
+        return [SpooledMessage(p.staged.id, Path(f"{queue}/{p.staged.id}.eml"), p.metadata) for p in batch]
 
     def _finish_files(self, pending: _Pending, fsync: bool) -> None:
         """Message file closed and moved into queue/, metadata written beside
@@ -220,7 +224,7 @@ class GroupCommitter:
         staged = pending.staged
         writer = staged.writer
         writer.close_file(fsync)
-        os.rename(writer._tmp_path, self.spool.root / QUEUE / f"{writer.id}.eml")
+        os.rename(writer._tmp_path, f"{self.spool._root_text}/{QUEUE}/{writer.id}.eml")
         descriptor = staged.mark_descriptor
         assert descriptor is not None
         view = memoryview(pending.encoded)

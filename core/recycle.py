@@ -53,19 +53,19 @@ class FileRecycler:
         self._listed_at = -RELIST_SECONDS
         self._last_listing_useful = True
 
-    def open_new(self, path: Path) -> tuple[int, bool]:
+    def open_new(self, path: str | Path) -> tuple[int, bool]:
         """A descriptor open for writing at offset 0 on a file now named ``path``,
         and whether it was reused (then it may hold old bytes past what is
         written: cut it with ``ftruncate`` before syncing)."""
         while (name := self._take_name()) is not None:
             try:
-                os.rename(self.directory / name, path)
+                os.rename(f"{self._directory_text}/{name}", path)
             except FileNotFoundError:
                 continue  # another process took it first
             try:
                 return os.open(path, os.O_WRONLY | os.O_CLOEXEC), True
             except OSError:
-                path.unlink(missing_ok=True)
+                _unlink_quietly(path)
                 break
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
 
@@ -90,10 +90,7 @@ class FileRecycler:
                 with self._lock:
                     self._names.append(name)
                 return
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(path)
 
     def trim(self) -> None:
         """Keep at most ``FREE_LIMIT`` files (at start, when nothing else runs)."""
@@ -132,3 +129,10 @@ class FileRecycler:
         except FileNotFoundError:
             self._names = []
         self._count = len(self._names)
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

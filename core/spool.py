@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -39,8 +40,20 @@ QUEUE, QUARANTINE, TMP, FREE = "queue", "quarantine", "tmp", "free"
 
 
 def new_spool_id() -> str:
-    """Sortable by arrival (milliseconds), unique by 48 random bits."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+    """Sortable by arrival (milliseconds), unique by 48 random bits (from a
+    generator seeded by the OS in each process: an id needs to be unique,
+    not secret, and a system call per message for it is wasted)."""
+    return f"{int(time.time() * 1000):012x}{_id_random().getrandbits(48):012x}"
+
+
+_ID_RANDOM: tuple[int, random.Random] | None = None
+
+
+def _id_random() -> random.Random:
+    global _ID_RANDOM
+    if _ID_RANDOM is None or _ID_RANDOM[0] != os.getpid():  # a forked child reseeds
+        _ID_RANDOM = (os.getpid(), random.Random(os.urandom(16)))
+    return _ID_RANDOM[1]
 
 
 @dataclass
@@ -116,7 +129,7 @@ class SpoolWriter:
         self.spool = spool
         self.id = new_spool_id()
         self.metadata = dict(metadata)
-        self._tmp_path = spool.root / TMP / f"{self.id}.eml"
+        self._tmp_path = f"{spool._root_text}/{TMP}/{self.id}.eml"
         descriptor, self._reused = spool.recycler.open_new(self._tmp_path)
         self._file = open(descriptor, "wb", buffering=CHUNK_SIZE)
         self._hash = hashlib.sha256()
