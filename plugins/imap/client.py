@@ -17,9 +17,11 @@ Recursion: aioimaplib handles the lines of one network read by calling
 itself once per line, so a read that holds more than about a thousand
 short responses (the ``* n EXPUNGE`` lines of a large expunge, the FETCH
 answers of many small messages) overflows Python's default recursion limit
-of 1000 and kills the session. Importing this module raises the limit to
-``MIN_RECURSION_LIMIT``; since Python 3.11 a Python-to-Python call does not
-use the C stack, so the cost is only the frames that are really used.
+of 1000 and kills the session. Here the lines of a read are handled in a
+loop (``_QuietProtocol``); for aioimaplib's own code path (debug logging
+on), importing this module also raises the limit to
+``MIN_RECURSION_LIMIT`` (since Python 3.11 a Python-to-Python call does not
+use the C stack, so the cost is only the frames that are really used).
 
 Memory: aioimaplib collects a literal (a message body) into one
 ``bytearray`` and hands that same object back; nothing here copies it.
@@ -208,12 +210,16 @@ def parse_fetch(lines: list[Any]) -> list[FetchItem]:
 
 
 class _QuietProtocol(aioimaplib.IMAP4ClientProtocol):
-    """aioimaplib's protocol without the cost of a debug line that is off.
+    """aioimaplib's protocol, reading responses in linear time.
 
-    Its ``data_received`` formats ``'Received : %s' % data`` (the repr of
-    every byte received) before the logger looks at its level: about as much
-    CPU as parsing the responses, for every message fetched. The same steps
-    follow here, with the line formatted only when debug logging is on.
+    - Its ``data_received`` formats ``'Received : %s' % data`` (the repr of
+      every byte received) before the logger looks at its level; here the
+      line is formatted only when debug logging is on.
+    - Its ``_handle_responses`` calls itself once per line and hands each
+      call a copy of the rest of the read (``bytes.partition``), so a read
+      of n lines copies O(n²) bytes and needs n stack frames. The same
+      steps follow here in a loop over positions in the read, handing
+      literal data over as a memoryview.
     """
 
     def data_received(self, d: bytes) -> None:
@@ -227,6 +233,41 @@ class _QuietProtocol(aioimaplib.IMAP4ClientProtocol):
         except aioimaplib.IncompleteRead as incomplete_read:
             self.current_command = incomplete_read.cmd
             self.incomplete_line = incomplete_read.data
+
+    def _handle_responses(
+        self, data: bytes, line_handler: Any, current_cmd: aioimaplib.Command | None = None
+    ) -> None:
+        view = memoryview(data)
+        end = len(data)
+        position = 0
+        while True:
+            if position >= end:
+                if self.pending_sync_command is not None:
+                    self.pending_sync_command.flush()
+                if current_cmd is not None and current_cmd.wait_data():
+                    raise aioimaplib.IncompleteRead(current_cmd)
+                return
+            if current_cmd is not None and current_cmd.wait_literal_data():
+                rest = current_cmd.append_literal_data(view[position:])
+                position = end - len(rest)
+                if current_cmd.wait_literal_data():
+                    raise aioimaplib.IncompleteRead(current_cmd)
+            line_end = data.find(b"\r\n", position)
+            if line_end < 0:
+                raise aioimaplib.IncompleteRead(current_cmd, data[position:])
+            line = data[position:line_end]
+            position = line_end + 2
+            command = line_handler(line, current_cmd)
+            begin_literal = aioimaplib.literal_data_re.match(line)
+            if begin_literal:
+                if command is None:
+                    command = aioimaplib.Command("NIL", "unused")
+                command.begin_literal_data(int(begin_literal.group("size")))
+                current_cmd = command
+            elif command is not None and command.wait_data():
+                current_cmd = command
+            else:
+                current_cmd = None
 
 
 class _Client(aioimaplib.IMAP4):
