@@ -1,4 +1,4 @@
-"""Child processes of ``mailpipe serve --workers N``: starting, restarting, stopping.
+"""Child processes of ``mailpipe serve`` (the pipeline, SMTP workers): starting, restarting, stopping.
 
 The server process starts each child with ``python -m MODULE --config PATH``
 and waits for the child to print its ready line. A child that exits before
@@ -105,6 +105,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", default=None)
     parser.add_argument("--worker-number", type=int, default=0)
+    parser.add_argument("--smtp-workers", type=int, default=1, help="the server's --workers")
     args = parser.parse_args(argv)
     _die_with_parent()
     from mailpipe.errors import MailpipeError
@@ -112,6 +113,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     from mailpipe.runtime import Runtime
 
     runtime = Runtime.open(args.config)
+    runtime.extras["workers"] = args.smtp_workers
     setup_logging(runtime.config.log_level)
     label = f"{name} {args.worker_number}" if args.worker_number else name
     logging.getLogger().handlers[0].addFilter(_ChildTag(label, args.worker_number))

@@ -55,12 +55,13 @@ class PipelineConfig:
     concurrency: int = 1  # batches delivered at once (a batch's stores already overlap)
     batch_size: int = 64  # messages handed to a sink's store_batch at once
     # The pipeline runs in a process of its own (mailpipe.pipeline_process),
-    # at this CPU priority: "idle" runs it on what intake leaves free.
+    # at this CPU priority: "idle" runs it on what intake leaves free; "auto"
+    # is "idle" with SMTP worker processes (serve --workers N), else "normal".
     own_process: bool = True
-    cpu_priority: str = "idle"
+    cpu_priority: str = "auto"
 
 
-CPU_PRIORITIES = ("idle", "normal")
+CPU_PRIORITIES = ("auto", "idle", "normal")
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,8 @@ def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
     config = _dataclass_from(PipelineConfig, table, source, "pipeline")
     if config.cpu_priority not in CPU_PRIORITIES:
         raise ConfigError(
-            f"{source}: [pipeline] cpu_priority must be 'idle' (the default: archiving waits for CPU "
-            "that intake leaves free) or 'normal'"
+            f"{source}: [pipeline] cpu_priority must be 'auto' (the default: 'idle' with SMTP worker "
+            "processes, else 'normal'), 'idle' (archiving waits for CPU that intake leaves free) or 'normal'"
         )
     if not isinstance(config.own_process, bool):
         raise ConfigError(f"{source}: [pipeline] own_process must be true or false (without quotes)")

@@ -11,12 +11,18 @@ the server's event loop (one process; slower, simpler to debug).
 
 The pipeline process runs at ``[pipeline] cpu_priority``:
 
-- ``idle`` (the default): Linux SCHED_IDLE. It runs on CPU time that
-  intake leaves free. During a burst, SMTP sessions are answered (and their
-  messages fsynced into the spool) at full speed and archiving catches up
-  right after; the spool is durable, so a message waiting there is safe.
-  Under load that never stops, the spool grows until intake slows.
+- ``idle``: Linux SCHED_IDLE. It runs on CPU time that intake leaves free.
+  During a burst, SMTP sessions are answered (and their messages fsynced
+  into the spool) at full speed and archiving catches up right after; the
+  spool is durable, so a message waiting there is safe. Under load that
+  never stops, the spool grows on disk until intake is refused
+  (``452 4.3.1``) when the disk is full.
 - ``normal``: the same priority as intake.
+- ``auto`` (the default): ``idle`` when SMTP runs in worker processes
+  (``serve --workers N``, N > 1: they can keep every core busy), else
+  ``normal`` (one intake process leaves cores free, and an idle-priority
+  pipeline that holds a spool directory's lock when it is preempted makes
+  intake wait for it). Measured in docs/smtp.md and docs/imap.md.
 
 Lowering a process's priority needs no privilege; raising it back does, so
 the setting takes effect at start only.
@@ -72,8 +78,15 @@ async def run_pipeline(
                 await slot.sink.aclose()
 
 
+def resolve_cpu_priority(setting: str, smtp_workers: int) -> str:
+    """``idle`` or ``normal`` for ``[pipeline] cpu_priority`` (see above)."""
+    if setting == "auto":
+        return "idle" if smtp_workers > 1 else "normal"
+    return setting
+
+
 def lower_cpu_priority(priority: str) -> None:
-    """Apply ``[pipeline] cpu_priority`` to this whole process (every thread)."""
+    """Apply a resolved ``cpu_priority`` to this whole process (every thread)."""
     if priority != "idle":
         return
     policy = getattr(os, "SCHED_IDLE", None)
@@ -92,14 +105,15 @@ def lower_cpu_priority(priority: str) -> None:
 
 
 async def _pipeline_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
-    lower_cpu_priority(runtime.config.pipeline.cpu_priority)
+    priority = resolve_cpu_priority(runtime.config.pipeline.cpu_priority, int(runtime.extras.get("workers", 1)))
+    lower_cpu_priority(priority)
     async with anyio.create_task_group() as group:
         sinks = await group.start(lambda task_status: run_pipeline(
             runtime, announcements=True, recover_at_start=False, task_status=task_status
         ))
         log.info(
             "pipeline process ready",
-            extra={"sinks": [s.name for s in sinks], "cpu_priority": runtime.config.pipeline.cpu_priority},
+            extra={"sinks": [s.name for s in sinks], "cpu_priority": priority},
         )
         ready()
 

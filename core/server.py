@@ -112,7 +112,8 @@ class Server:
 
         # Before any other process writes to the spool (see run_pipeline).
         await anyio.to_thread.run_sync(runtime.spool.recover)
-        await group.start(supervise, child_command("mailpipe.pipeline_process", runtime), "pipeline process")
+        command = [*child_command("mailpipe.pipeline_process", runtime), "--smtp-workers", str(self.workers)]
+        await group.start(supervise, command, "pipeline process")
         # What this process spools (SMTP without --workers, the collectors)
         # reaches the pipeline process as the SMTP workers' messages do.
         announcer = SpoolAnnouncer(runtime.spool.root)

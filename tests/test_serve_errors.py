@@ -36,3 +36,10 @@ def test_bad_toml(tmp_path: Path) -> None:
     config.write_text("[smtp\nlisten = 1")
     result = serve(config)
     assert result.returncode == 1 and "not valid TOML" in result.stderr
+
+
+def test_unknown_pipeline_cpu_priority(config_path: Path) -> None:
+    config_path.write_text(config_path.read_text().replace("[pipeline]\n", '[pipeline]\ncpu_priority = "low"\n'))
+    result = serve(config_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cpu_priority must be 'auto'" in result.stderr

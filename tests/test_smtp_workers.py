@@ -96,3 +96,23 @@ def test_workers_accept_reload_and_die_with_the_server(tmp_path: Path) -> None:
         lambda: not any(_alive(pid) for pid in children), timeout=15,
         message="a child process outlived the killed server",
     )
+
+
+def test_one_smtp_process_and_a_pipeline_at_normal_priority(tmp_path: Path) -> None:
+    """Without --workers, cpu_priority "auto" leaves the pipeline process at
+    normal priority (one intake process leaves a core free)."""
+    setup = make_setup(tmp_path)
+    added = setup.add("o365", "smtp_o365", undeliverable_journal_address=SENDER)
+    server = ServerProcess(setup.config).start()
+    try:
+        assert server.wait_for_log("pipeline process ready")["cpu_priority"] == "normal"
+        assert server.process is not None
+        (pipeline,) = _children(server.process.pid)
+        assert _role_of(pipeline) == "pipeline"
+        assert os.sched_getscheduler(pipeline) == os.SCHED_OTHER
+        with setup.client() as client:
+            code, reply, _ = send(client, SENDER, [added["address"]], b"Subject: one\r\n\r\nx\r\n")
+            assert code == 250, (code, reply)
+        wait_for_arrival(setup.archive, queue_id_of(reply))
+    finally:
+        server.stop()
