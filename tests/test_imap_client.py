@@ -79,3 +79,47 @@ def test_fetch_times_out_only_after_a_quiet_spell() -> None:
     alive_while_busy, timed_out_when_quiet = asyncio.run(scenario())
     assert alive_while_busy
     assert timed_out_when_quiet
+
+
+def test_linear_reader_agrees_with_aioimaplib_on_any_split() -> None:
+    """The response reader that replaced aioimaplib's recursive one gives the
+    same FETCH response lines, however the server's bytes are cut into reads."""
+    from mailpipe.plugins.imap.client import _QuietProtocol
+
+    bodies = [b"Subject: %d\r\n\r\n" % n + b"x" * (n * 37 % 300) + b"\r\n(unbalanced { 12}\r\n" for n in range(25)]
+    stream = b"".join(
+        b"* %d FETCH (UID %d RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\n" % (n + 1, 100 + n, len(b), len(b), b)
+        + (b"* %d EXPUNGE\r\n" % (n + 1) if n % 7 == 3 else b"")
+        + (b'* %d FETCH (UID %d BODY[] "")\r\n' % (n + 1, 200 + n) if n % 11 == 5 else b"")
+        for n, b in enumerate(bodies)
+    )
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            pass
+
+    async def lines_read_by(protocol_class: type, cuts: list[int]) -> list:
+        loop = asyncio.get_running_loop()
+        protocol = protocol_class(loop, None)
+        protocol.connection_made(Sink())
+        protocol.state = aioimaplib.SELECTED
+        tag = protocol.new_tag()
+        command = aioimaplib.FetchCommand(tag, "1:*", "(UID BODY[])", prefix="UID", loop=loop)
+        task = asyncio.create_task(protocol.execute(command))
+        await asyncio.sleep(0)
+        data = stream + tag.encode() + b" OK Fetch completed.\r\n"
+        for start, end in zip([0, *cuts], [*cuts, len(data)]):
+            protocol.data_received(data[start:end])
+        response = await asyncio.wait_for(task, 5)
+        return [bytes(line) for line in response.lines]
+
+    async def compare() -> None:
+        rng = random.Random(11)
+        length = len(stream) + 40
+        for _ in range(30):
+            cuts = sorted(rng.sample(range(1, length - 30), rng.randint(1, 60)))
+            expected = await lines_read_by(aioimaplib.IMAP4ClientProtocol, cuts)
+            assert await lines_read_by(_QuietProtocol, cuts) == expected
+        assert len(expected) > 50
+
+    asyncio.run(compare())
