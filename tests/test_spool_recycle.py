@@ -161,7 +161,9 @@ async def test_announcements_wait_while_the_pipelines_queue_is_full(tmp_path: Pa
     for spool_id in ids:  # one turn of the event loop, as a group commit's batch
         announcer.announce(spool_id)
     await anyio.sleep(0.05)  # sent what fits; the rest waits for room
-    assert announcer._pending, "the burst should not fit in the socket's queue"
+    queue_length = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    if queue_length < len(ids) // 160:  # (the usual 10) the burst cannot fit at once
+        assert announcer._pending, "ids beyond the socket's queue should wait for room"
     received: list[str] = []
     with anyio.fail_after(10):
         while len(received) < len(ids):
