@@ -108,7 +108,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     parser.add_argument("--smtp-workers", type=int, default=1, help="the server's --workers")
     args = parser.parse_args(argv)
     _die_with_parent()
-    from mailpipe.errors import MailpipeError
+    from mailpipe.errors import MailpipeError, operator_errors
     from mailpipe.logs import setup_logging
     from mailpipe.runtime import Runtime
 
@@ -120,10 +120,10 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     try:
         anyio.run(_until_signalled, body, runtime, backend="asyncio")
     except (MailpipeError, BaseExceptionGroup) as error:
-        problem = operator_error(error)
-        if problem is None:
+        problems = operator_errors(error)
+        if not problems:
             raise
-        log.error(str(problem))
+        log.error("; ".join(str(problem) for problem in problems))
         return 1
     finally:
         runtime.close()
@@ -158,20 +158,6 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the server stops its children itself
         pass
-
-
-def operator_error(error: BaseException) -> BaseException | None:
-    """The MailpipeError inside (possibly nested) task-group errors, if any."""
-    from mailpipe.errors import MailpipeError
-
-    if isinstance(error, MailpipeError):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            found = operator_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 class _ChildTag(logging.Filter):

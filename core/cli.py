@@ -15,7 +15,7 @@ from typing import Any, Callable
 import anyio
 
 from mailpipe import __version__
-from mailpipe.errors import MailpipeError
+from mailpipe.errors import MailpipeError, operator_errors
 from mailpipe.runtime import Runtime
 from mailpipe.settings import parse_assignments
 
@@ -36,19 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     except BaseExceptionGroup as group:
         # Raised inside `serve`'s task groups (a port in use, an unreadable
         # TLS key): still one sentence for the operator, not a traceback.
-        matched, _rest = group.split(MailpipeError)
-        if matched is None:
+        problems = operator_errors(group)
+        if not problems:
             raise
-        return fail(args, "; ".join(str(e) for e in _leaves(matched)))
+        return fail(args, "; ".join(str(e) for e in problems))
     except KeyboardInterrupt:
         return 130
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    found: list[BaseException] = []
-    for error in group.exceptions:
-        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return found
 
 
 def fail(args: argparse.Namespace, message: str, code: int = 1) -> int:

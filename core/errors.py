@@ -26,3 +26,22 @@ class NotFound(MailpipeError):
 
 class SecretKeyError(MailpipeError):
     pass
+
+
+def operator_errors(error: BaseException) -> list[MailpipeError]:
+    """The MailpipeErrors in ``error``, which may be one or a (nested) task-group
+    exception group; empty when there is none (then it is a bug, not the
+    operator's to fix)."""
+    if isinstance(error, MailpipeError):
+        return [error]
+    if not isinstance(error, BaseExceptionGroup):
+        return []
+    matched, _rest = error.split(MailpipeError)
+    return _leaves(matched) if matched is not None else []
+
+
+def _leaves(group: BaseExceptionGroup) -> list[MailpipeError]:
+    found: list[MailpipeError] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])  # type: ignore[list-item]
+    return found
