@@ -42,7 +42,7 @@ import anyio
 import anyio.to_thread
 
 from mailpipe.durability import SYNCFS, sync_filesystem_of
-from mailpipe.spool import QUEUE, TMP, Spool, SpooledMessage, fsync_directory
+from mailpipe.spool import QUEUE, TMP, Spool, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.spool_check import BOOT_KEY, current_boot_id
 
 
@@ -58,7 +58,7 @@ class StagedMessage:
 
     def __init__(self, spool: Spool, metadata: dict[str, Any]) -> None:
         self.writer = spool.writer(metadata)
-        self.mark_path = f"{spool._root_text}/{TMP}/{self.writer.id}.json.commit"
+        self.mark_path = f"{spool.root_text}/{TMP}/{self.writer.id}.json.commit"
         try:
             descriptor, self.mark_reused = spool.recycler.open_new(self.mark_path)
             self.mark_descriptor: int | None = descriptor
@@ -188,7 +188,7 @@ class GroupCommitter:
             self.spool.announce(message)
 
     async def _make_durable(self, batch: list[_Pending]) -> list[SpooledMessage]:
-        queue = f"{self.spool._root_text}/{QUEUE}"
+        queue = f"{self.spool.root_text}/{QUEUE}"
         try:
             if self.syncfs is not None:
                 # Closing, renaming and writing already-open files are quick
@@ -211,10 +211,7 @@ class GroupCommitter:
             for pending in batch:
                 for path in (f"{queue}/{pending.staged.id}.json", f"{queue}/{pending.staged.id}.eml",
                              pending.staged.mark_path):
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
+                    unlink_if_present(path)
             raise
         return [SpooledMessage(p.staged.id, Path(f"{queue}/{p.staged.id}.eml"), p.metadata) for p in batch]
 
@@ -224,7 +221,7 @@ class GroupCommitter:
         staged = pending.staged
         writer = staged.writer
         writer.close_file(fsync)
-        os.rename(writer._tmp_path, f"{self.spool._root_text}/{QUEUE}/{writer.id}.eml")
+        os.rename(writer._tmp_path, f"{self.spool.root_text}/{QUEUE}/{writer.id}.eml")
         descriptor = staged.mark_descriptor
         assert descriptor is not None
         view = memoryview(pending.encoded)

@@ -65,7 +65,7 @@ class FileRecycler:
             try:
                 return os.open(path, os.O_WRONLY | os.O_CLOEXEC), True
             except OSError:
-                _unlink_quietly(path)
+                unlink_if_present(path)
                 break
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
 
@@ -90,7 +90,7 @@ class FileRecycler:
                 with self._lock:
                     self._names.append(name)
                 return
-        _unlink_quietly(path)
+        unlink_if_present(path)
 
     def trim(self) -> None:
         """Keep at most ``FREE_LIMIT`` files (at start, when nothing else runs)."""
@@ -131,7 +131,8 @@ class FileRecycler:
         self._count = len(self._names)
 
 
-def _unlink_quietly(path: str | Path) -> None:
+def unlink_if_present(path: str | Path) -> None:
+    """``os.unlink``, where a file already gone is no error."""
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -32,7 +32,7 @@ from typing import Any, AsyncIterable, Callable, Iterable, Iterator
 import anyio
 import anyio.to_thread
 
-from mailpipe.recycle import FileRecycler
+from mailpipe.recycle import FileRecycler, unlink_if_present
 from mailpipe.spool_check import BOOT_KEY, check_after_reboot
 
 CHUNK_SIZE = 256 * 1024
@@ -129,7 +129,7 @@ class SpoolWriter:
         self.spool = spool
         self.id = new_spool_id()
         self.metadata = dict(metadata)
-        self._tmp_path = f"{spool._root_text}/{TMP}/{self.id}.eml"
+        self._tmp_path = f"{spool.root_text}/{TMP}/{self.id}.eml"
         descriptor, self._reused = spool.recycler.open_new(self._tmp_path)
         self._file = open(descriptor, "wb", buffering=CHUNK_SIZE)
         self._hash = hashlib.sha256()
@@ -203,7 +203,7 @@ class Spool:
         for name in (QUEUE, QUARANTINE, TMP):
             (root / name).mkdir(parents=True, exist_ok=True)
         self.recycler = FileRecycler(root / FREE)
-        self._root_text = str(root)
+        self.root_text = str(root)  # for paths built on hot paths, where pathlib costs more than the call
         self.queue_sync = _DirectorySync(root / QUEUE)
         self._listeners: list[Callable[[SpooledMessage], None]] = []
 
@@ -280,7 +280,7 @@ class Spool:
         }
 
     def load(self, spool_id: str, where: str = QUEUE) -> SpooledMessage | None:
-        directory = f"{self._root_text}/{where}"
+        directory = f"{self.root_text}/{where}"
         try:
             with open(f"{directory}/{spool_id}.json", "rb") as handle:
                 metadata = json.loads(handle.read())
@@ -291,7 +291,7 @@ class Spool:
 
     def state(self, spool_id: str, where: str = QUEUE) -> DeliveryState:
         try:
-            with open(f"{self._root_text}/{where}/{spool_id}.state.json", "rb") as handle:
+            with open(f"{self.root_text}/{where}/{spool_id}.state.json", "rb") as handle:
                 data = json.loads(handle.read())
         except FileNotFoundError:
             return DeliveryState()
@@ -305,16 +305,13 @@ class Spool:
 
     def remove(self, spool_id: str, has_state: bool = True) -> None:
         """Called only after every required sink confirmed."""
-        queue = f"{self._root_text}/{QUEUE}"
+        queue = f"{self.root_text}/{QUEUE}"
         # The commit mark goes first: a crash in between leaves a bare .eml
         # that recover() discards, never a message that is delivered twice.
         self.recycler.release(f"{queue}/{spool_id}.json")
         self.recycler.release(f"{queue}/{spool_id}.eml")
         if has_state:
-            try:
-                os.unlink(f"{queue}/{spool_id}.state.json")
-            except FileNotFoundError:
-                pass
+            unlink_if_present(f"{queue}/{spool_id}.state.json")
 
     def move(self, spool_id: str, source: str, destination: str) -> None:
         """Between queue/ and quarantine/; the metadata (commit mark) moves last."""

@@ -40,7 +40,7 @@ import anyio.to_thread
 from mailpipe import hookimpl
 from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.pipeline import store_each
-from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory
+from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
 
 log = logging.getLogger("mailpipe.sinks.filesystem")
@@ -151,7 +151,7 @@ class FilesystemSink:
             sync_filesystem_of(self.root)
         finally:
             for temporary, _final in renames[renamed:]:
-                _unlink_quietly(temporary)
+                unlink_if_present(temporary)
             for index in stripes:
                 self._stripes[index].release()
         return errors
@@ -198,7 +198,7 @@ class FilesystemSink:
         try:
             os.rename(tmp, path)
         finally:
-            _unlink_quietly(tmp)
+            unlink_if_present(tmp)
         if self.fsync:
             fsync_directory(path.parent)
 
@@ -214,7 +214,7 @@ class FilesystemSink:
                     handle.flush()
                     os.fsync(handle.fileno())
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_if_present(tmp)
             raise
         return tmp
 
@@ -348,13 +348,6 @@ def encode_metadata(metadata: dict[str, Any]) -> bytes:
     """The archived ``.json``: one line of UTF-8, keys sorted (compact, so
     that json's C encoder writes it; ``jq .`` shows it indented)."""
     return json.dumps(metadata, ensure_ascii=False, sort_keys=True).encode("utf-8")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _safe(name: str) -> str:

@@ -51,7 +51,7 @@ from mailpipe.types import CollectContext, Connection
 
 log = logging.getLogger("mailpipe.imap")
 
-BATCH_MESSAGES = 200  # aioimaplib parses a read recursively, a few frames per message: see client.py
+BATCH_MESSAGES = 200  # messages per UID FETCH (at most BATCH_BYTES)
 BATCH_BYTES = 16 * 1024 * 1024
 #: UIDs whose sizes are asked for in one command (a multiple of BATCH_MESSAGES).
 SIZES_AHEAD = 25 * BATCH_MESSAGES
