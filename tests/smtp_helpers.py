@@ -144,11 +144,19 @@ def arrival(meta: dict[str, Any], queue_id: str) -> dict[str, Any]:
     return next(a for a in meta["arrivals"] if a.get("smtp", {}).get("queue_id") == queue_id)
 
 
-def spooled_count(setup: SmtpSetup) -> int:
-    """Messages in the spool queue plus the archive: anything that was accepted."""
+def pending_count(setup: SmtpSetup) -> int:
+    """Messages in the spool queue, not yet delivered to every sink."""
     queue = setup.root / "data" / "spool" / "queue"
-    pending = len([p for p in queue.glob("*.json") if not p.name.endswith(".state.json")]) if queue.exists() else 0
-    return pending + len(archived_files(setup.archive))
+    return len([p for p in queue.glob("*.json") if not p.name.endswith(".state.json")]) if queue.exists() else 0
+
+
+def spooled_count(setup: SmtpSetup) -> int:
+    """Messages in the spool queue plus the archive: anything that was accepted.
+
+    A message being delivered is briefly in both (the archive links the spooled
+    file before the queue entry goes): wait for ``pending_count`` to reach 0
+    before comparing counts."""
+    return pending_count(setup) + len(archived_files(setup.archive))
 
 
 def peak_rss_tree_kib(pid: int) -> int:

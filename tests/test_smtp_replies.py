@@ -22,6 +22,7 @@ from smtp_helpers import (
     make_setup,
     queue_id_of,
     send,
+    pending_count,
     spooled_count,
     wait_for_arrival,
 )
@@ -232,6 +233,7 @@ def test_streamed_message_over_limit_is_552_5_3_4(strict: SmtpSetup) -> None:
         code, text, _ = send(client, SENDER, [strict.address("o365")], PLAIN)
         assert code == 250
     wait_for_arrival(strict.archive, queue_id_of(text))
+    wait_until(lambda: pending_count(strict) == 0, message="the spool did not drain")
     assert spooled_count(strict) == before + 1
     # the refused message's partial file is gone (what remains are empty files made ahead for the next messages)
     assert [p for p in (strict.root / "data" / "spool" / "tmp").iterdir() if p.stat().st_size] == []
