@@ -1,0 +1,63 @@
+"""Driving the CLI as a script or a person would: any working directory,
+with or without --json, and a state with something in every part (a
+connection, archived mail, a queued and a quarantined message)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from helpers import MAILPIPE, CliResult, cli
+from mailpipe.config import load_config
+from mailpipe.sinks.filesystem import FilesystemSink
+from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool
+from mailpipe.types import SinkContext
+
+O365 = ("--set", "undeliverable_journal_address=journal-ndr@customer.example")
+
+
+def run_mailpipe(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """``mailpipe ARGS`` exactly as given (no --json added), without a config in the environment."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("MAILPIPE_CONFIG", "MAILPIPE_SECRET_KEY")}
+    completed = subprocess.run(
+        [*MAILPIPE, *args], capture_output=True, text=True, cwd=cwd, env={**environment, **(env or {})},
+        timeout=120, stdin=subprocess.DEVNULL,
+    )
+    return CliResult(completed)
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def add_connection(config: Path, description: str = "Office 365") -> dict[str, Any]:
+    return cli(config, "connections", "add", "smtp_o365", "--description", description, *O365, check=True).json
+
+
+def populate(config_path: Path) -> dict[str, Any]:
+    """A connection, two archived messages (one arrived twice), a queued and a
+    quarantined message: every command then has something to show."""
+    connection = add_connection(config_path)
+    config = load_config(config_path)
+
+    async def fill() -> dict[str, Any]:
+        spool = Spool(config.spool_dir)
+        scratch = Spool(config.data_dir / "scratch-spool")  # archive input, not left queued
+        sink = FilesystemSink("filesystem", {"path": "archive"}, SinkContext(str(config.data_dir), str(config.config_dir)))
+        first = await scratch.write_bytes(b"Subject: one\r\n\r\none\r\n", {"connection_id": connection["id"], "provenance": "smtp"})
+        await sink.store(first)
+        await sink.store(await scratch.write_bytes(first.path.read_bytes(), {"connection_id": connection["id"], "provenance": "smtp"}))
+        await sink.store(await scratch.write_bytes(b"Subject: two\r\n\r\ntwo\r\n", {"connection_id": connection["id"]}))
+        queued = await spool.write_bytes(b"Subject: queued\r\n\r\nq\r\n", {"connection_id": connection["id"]})
+        held = await spool.write_bytes(b"Subject: held\r\n\r\nh\r\n", {"connection_id": connection["id"]})
+        spool.save_state(held.id, DeliveryState(attempts=8, last_error="sink filesystem: disk on fire",
+                                                quarantined_at="2026-12-01T10:00:00+00:00"))
+        spool.move(held.id, QUEUE, QUARANTINE)
+        return {"connection": connection, "queued": queued.id, "quarantined": held.id,
+                "archived": [entry.id for entry in sink.entries()]}
+
+    return anyio.run(fill)
