@@ -4,10 +4,11 @@ connection, archived mail, a queued and a quarantined message)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import anyio
 
@@ -61,3 +62,15 @@ def populate(config_path: Path) -> dict[str, Any]:
                 "archived": [entry.id for entry in sink.entries()]}
 
     return anyio.run(fill)
+
+
+def leaf_commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable command line, as ``(("connections", "show"), its parser)``."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        yield prefix, parser
+        return
+    for name, child in subparsers[0].choices.items():
+        yield from leaf_commands(child, (*prefix, name))

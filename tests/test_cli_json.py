@@ -3,7 +3,6 @@ keys, the shared config/data_dir/state, one timestamp format."""
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
@@ -12,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cli_support import O365, populate
+from cli_support import O365, leaf_commands, populate
 from helpers import cli, write_config
 from mailpipe.cli import build_parser
 
@@ -41,18 +40,9 @@ def command_path(heading: str) -> tuple[str, ...]:
     return tuple(word for word in heading.split() if word.islower())
 
 
-def leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subparsers:
-        yield prefix
-        return
-    for name, child in subparsers[0].choices.items():
-        yield from leaf_commands(child, (*prefix, name))
-
-
 def test_every_command_is_documented() -> None:
     paths = {command_path(heading) for heading in documented()}
-    missing = [" ".join(path) for path in leaf_commands(build_parser()) if path not in paths]
+    missing = [" ".join(path) for path, _ in leaf_commands(build_parser()) if path not in paths]
     assert not missing, f"docs/cli.md has no section for: {', '.join(missing)}"
 
 
