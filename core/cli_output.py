@@ -84,7 +84,7 @@ def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], 
 
 def state_note(args: argparse.Namespace) -> str:
     """For people: where state was just created, or where there was none."""
-    context = getattr(args, "runtime_context", None) or {}
+    context = output_context(args)
     config = context.get("config") or "the embedded default"
     if context.get("state") == "created":
         return f"created new state in {context['data_dir']} (config: {config})"

@@ -74,3 +74,37 @@ def leaf_commands(
         return
     for name, child in subparsers[0].choices.items():
         yield from leaf_commands(child, (*prefix, name))
+
+
+def run_in_terminal(args: list[str], answers: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[int, str]:
+    """``mailpipe ARGS`` with a pseudo-terminal as its controlling terminal,
+    stdin, stdout and stderr, as a person runs it; ``answers`` maps a prompt
+    to the line typed when it appears. Returns the exit code and everything
+    the terminal showed."""
+    import pty
+    import select
+    import time
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("MAILPIPE_CONFIG", "MAILPIPE_SECRET_KEY")}
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: becomes mailpipe
+        os.execve(MAILPIPE[0], [*MAILPIPE, *args], {**environment, "COLUMNS": "120"})
+    pending = dict(answers or {})
+    shown = b""
+    deadline = time.monotonic() + timeout  # only a bound for a broken build
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the child is gone and the terminal closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+        for prompt in [p for p in pending if p.encode() in shown]:
+            os.write(terminal, pending.pop(prompt).encode() + b"\n")
+    os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode("utf-8", "replace")
