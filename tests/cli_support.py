@@ -81,14 +81,18 @@ def run_in_terminal(args: list[str], answers: dict[str, str] | None = None, time
     stdin, stdout and stderr, as a person runs it; ``answers`` maps a prompt
     to the line typed when it appears. Returns the exit code and everything
     the terminal showed."""
+    import fcntl
     import pty
     import select
+    import struct
+    import termios
     import time
 
     environment = {k: v for k, v in os.environ.items() if k not in ("MAILPIPE_CONFIG", "MAILPIPE_SECRET_KEY")}
     pid, terminal = pty.fork()
-    if pid == 0:  # the child: becomes mailpipe
-        os.execve(MAILPIPE[0], [*MAILPIPE, *args], {**environment, "COLUMNS": "120"})
+    if pid == 0:  # the child: becomes mailpipe, on a terminal of 24 x 120
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        os.execve(MAILPIPE[0], [*MAILPIPE, *args], environment)
     pending = dict(answers or {})
     shown = b""
     deadline = time.monotonic() + timeout  # only a bound for a broken build
