@@ -330,7 +330,7 @@ def cmd_archive_show(args: argparse.Namespace) -> int:
         )
     (entry,) = found
     emit(args, {**_summary(entry), "metadata": entry.metadata},
-         lambda d: json.dumps(d, indent=2, ensure_ascii=True))
+         lambda d: "\n".join(map(printable, json.dumps(d, indent=2, ensure_ascii=False).splitlines())))
     return 0
 
 

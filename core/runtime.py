@@ -49,6 +49,7 @@ class Runtime:
     box: SecretBox
     service: ConnectionService
     state: StateKind = "existing"
+    create: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -63,18 +64,18 @@ class Runtime:
         store = SQLiteStore(EMPTY_STORE if state == "none" else config.state_db)
         box = SecretBox.for_data_dir(config.data_dir) if create or _key_exists(config) else MissingKeyBox(config)
         service = ConnectionService(config, host, store, box)
-        return cls(config, host, store, box, service, state)
+        return cls(config, host, store, box, service, state, create)
 
     @cached_property
     def spool(self) -> Spool:
-        if self.state == "none" and not self.config.spool_dir.exists():
-            # A read-only command must look before it asks (see has_spool).
+        if not self.create and not self.has_spool:
+            # A command that may not create state must look first (has_spool).
             raise RuntimeError(f"no spool under {self.config.data_dir}; opened without create")
         return Spool(self.config.spool_dir)
 
     @property
     def has_spool(self) -> bool:
-        return self.state != "none" or self.config.spool_dir.exists()
+        return self.config.spool_dir.exists()
 
     def context(self) -> dict[str, Any]:
         """Which config and data_dir this command used (every --json output says so)."""

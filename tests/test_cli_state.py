@@ -55,7 +55,8 @@ def test_add_creates_state_and_says_so(tmp_path: Path) -> None:
     assert second.json["state"] == "existing" and second.json["data_dir"] == str(data_dir)
     listed = run_mailpipe("--json", "connections", "list", cwd=tmp_path)
     assert len(listed.json["connections"]) == 2 and listed.json["state"] == "existing"
-    assert not (data_dir / "spool").exists()  # only what the command needed
+    assert run_mailpipe("spool", "list", "--json", cwd=tmp_path).json["messages"] == []
+    assert not (data_dir / "spool").exists()  # reading the state adds nothing to it
 
 
 def test_the_config_file_is_named(config_path: Path) -> None:
