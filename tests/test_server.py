@@ -87,7 +87,7 @@ def test_crash_after_acknowledgement_loses_nothing(tmp_path: Path) -> None:
         dropped = drop(maildir, "precious", raw)
         wait_until(lambda: not dropped.exists(), message="message was not collected")  # acknowledged
         server.wait_for_log("sink failed; will retry")
-        queued = cli(config, "spool", "list", check=True).json
+        queued = cli(config, "spool", "list", check=True).json["messages"]
         assert len(queued) == 1 and queued[0]["connection_id"] == connection_id
     finally:
         server.kill()
