@@ -140,7 +140,10 @@ def connection_types_help() -> str:
     registrations: a third-party type shows as soon as it is installed."""
     from mailpipe.plugin_host import load_plugins
 
-    host = load_plugins()
+    try:
+        host = load_plugins()
+    except MailpipeError as error:  # e.g. two plugins claim one type name: still show the help
+        return f"connection types cannot be listed: {error}\n"
     lines = ["connection types (from the installed plugins) and their settings:"]
     for name, connection_type in sorted(host.connection_types.items()):
         lines.append(f"  {name}: {connection_type.description}")
