@@ -1,12 +1,25 @@
-"""The sub-commands: serve, plugins, connections, archive, spool, sinks."""
+"""The sub-commands: serve, plugins, connections, archive, spool, sinks.
+
+Each ``--json`` output is one object (see mailpipe.cli_output and
+docs/cli.md, whose examples tests/test_cli_json.py checks against the real
+output). Only ``serve`` and ``connections add`` may create state.
+"""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
-from mailpipe.cli import emit, fail, open_runtime, run_async, settings_from
+from mailpipe.cli import emit, fail, open_runtime, printable, run_async, settings_from
 from mailpipe.errors import MailpipeError
+
+SECRETS_HELP = """\
+secret settings (such as password) need not be typed on the command line,
+where ps and the shell history would keep them:
+  --set password=-           asks for the value on the terminal (not echoed;
+                             refused when standard input is not a terminal)
+  --set-file password=PATH   reads the value from a file (final newline dropped)"""
 
 
 def register_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -21,6 +34,12 @@ def register_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     _archive(commands, common)
     _spool(commands, common)
     _sinks(commands, common)
+
+
+def _actions(commands: Any, common: argparse.ArgumentParser, name: str, help_text: str) -> Any:
+    """A command whose actions are sub-commands; each action's help line shows in ``NAME --help``."""
+    group = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+    return group.add_subparsers(title="actions", metavar="ACTION", required=True)
 
 
 # --- serve / plugins -----------------------------------------------------------
@@ -62,7 +81,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             lines.append(f"{p['name']:<16} {p['distribution']} {p['version']}  {provides}")
             lines.append(f"{'':<16} hooks: {', '.join(p['hooks'])}")
         for b in d["broken"]:
-            lines.append(f"{b['name']:<16} BROKEN, skipped: {b['error']} ({b['target']})")
+            lines.append(f"{b['name']:<16} BROKEN, skipped: {printable(b['error'])} ({b['target']})")
         for name in d["skipped"]:
             lines.append(f"{name:<16} not loaded (blocked or not allowed by config)")
         return "\n".join(lines)
@@ -75,52 +94,88 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _connections(commands: Any, common: argparse.ArgumentParser) -> None:
-    group = commands.add_parser("connections", parents=[common], help="manage connections")
-    sub = group.add_subparsers(title="actions", metavar="ACTION", required=True)
+    sub = _actions(commands, common, "connections", "manage connections (how mail comes in)")
 
-    add = sub.add_parser("add", parents=[common], help="add a connection (disabled)")
-    add.add_argument("type")
+    add = sub.add_parser(
+        "add", parents=[common], help="add a connection (disabled and untested)",
+        description="Add a connection of TYPE; it starts disabled and untested.",
+        epilog=SECRETS_HELP, more_help=connection_types_help,
+    )
+    add.add_argument("type", help="connection type (listed below)")
     add.add_argument("--description", required=True)
-    add.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _setting_options(add)
     add.set_defaults(handler=cmd_add)
 
-    sub.add_parser("list", parents=[common]).set_defaults(handler=cmd_list)
-    for name, handler in (
-        ("show", cmd_show),
-        ("enable", cmd_enable),
-        ("disable", cmd_disable),
-        ("test", cmd_test),
-        ("delete", cmd_delete),
+    sub.add_parser("list", parents=[common], help="list connections").set_defaults(handler=cmd_list)
+    for name, handler, help_text in (
+        ("show", cmd_show, "show one connection (secrets masked)"),
+        ("enable", cmd_enable, "start receiving or collecting"),
+        ("disable", cmd_disable, "stop receiving or collecting"),
+        ("test", cmd_test, "check the settings against the real server (status → ok or failed)"),
+        ("delete", cmd_delete, "delete a connection (its archived mail stays)"),
     ):
-        action = sub.add_parser(name, parents=[common])
+        action = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         action.add_argument("id")
         action.set_defaults(handler=handler)
 
-    edit = sub.add_parser("edit", parents=[common], help="change settings (re-validates, status → untested)")
+    edit = sub.add_parser(
+        "edit", parents=[common], help="change settings (re-validates, status → untested)",
+        epilog=SECRETS_HELP,
+    )
     edit.add_argument("id")
-    edit.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _setting_options(edit)
     edit.add_argument("--description")
     edit.set_defaults(handler=cmd_edit)
+
+
+def _setting_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="a setting; KEY=- asks for the value on the terminal")
+    parser.add_argument("--set-file", action="append", metavar="KEY=PATH",
+                        help="a setting read from a file (for secrets)")
+
+
+def connection_types_help() -> str:
+    """The installed connection types and their settings, from the plugins'
+    registrations: a third-party type shows as soon as it is installed."""
+    from mailpipe.plugin_host import load_plugins
+
+    try:
+        host = load_plugins()
+    except MailpipeError as error:  # e.g. two plugins claim one type name: still show the help
+        return f"connection types cannot be listed: {error}\n"
+    lines = ["connection types (from the installed plugins) and their settings:"]
+    for name, connection_type in sorted(host.connection_types.items()):
+        lines.append(f"  {name}: {connection_type.description}")
+        for setting in connection_type.settings:
+            facts = [setting.kind] + (["required"] if setting.required else [])
+            if setting.default not in (None, ""):
+                facts.append(f"default {setting.default}")
+            if setting.choices:
+                facts.append("one of " + ", ".join(setting.choices))
+            text = f"{setting.name} ({'; '.join(facts)}) {setting.help}".rstrip()
+            lines += textwrap.wrap(text, width=96, initial_indent="      ", subsequent_indent="          ")
+    return "\n".join(lines) + "\n"
 
 
 def _describe(connection: dict[str, Any]) -> str:
     lines = [
         f"id:          {connection['id']}",
         f"type:        {connection['type']}",
-        f"description: {connection['description']}",
+        f"description: {printable(connection['description'])}",
         f"enabled:     {'yes' if connection['enabled'] else 'no'}",
     ]
     if connection.get("address"):
-        lines.append(f"address:     {connection['address']}")
+        lines.append(f"address:     {printable(connection['address'])}")
     status = connection["status"]
     if connection.get("status_error"):
         status += f" — {connection['status_error']}"
-    lines.append(f"status:      {status}")
+    lines.append(f"status:      {printable(status)}")
     for key, value in sorted(connection["settings"].items()):
-        shown = ",".join(value) if isinstance(value, list) else value
-        lines.append(f"  {key} = {shown}")
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        lines.append(f"  {printable(key)} = {printable(shown)}")
     for warning in connection.get("warnings", []):
-        lines.append(f"warning:     {warning}")
+        lines.append(f"warning:     {printable(warning)}")
     return "\n".join(lines)
 
 
@@ -138,8 +193,13 @@ def connection_warnings(runtime: Any, connection: Any) -> list[str]:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
     runtime = open_runtime(args)
-    connection = run_async(runtime.service.add, args.type, args.description, settings_from(args))
+    if runtime.state == "none":
+        # Refuse bad input before the first state is created.
+        run_async(runtime.service.check_new, args.type, settings)
+        runtime = open_runtime(args, create=True)
+    connection = run_async(runtime.service.add, args.type, args.description, settings)
     data = _public(runtime, connection)
     emit(args, data, lambda d: "connection added (disabled; enable it with "
          f"`mailpipe connections enable {d['id']}`)\n" + _describe(d))
@@ -148,15 +208,15 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
-    data = [_public(runtime, c) for c in runtime.service.list()]
+    data = {"connections": [_public(runtime, c) for c in runtime.service.list()]}
 
-    def human(rows: list[dict[str, Any]]) -> str:
-        if not rows:
+    def human(d: dict[str, Any]) -> str:
+        if not d["connections"]:
             return "no connections; add one with `mailpipe connections add TYPE --description TEXT`"
         return "\n".join(
             f"{r['id']}  {r['type']:<14} {'enabled ' if r['enabled'] else 'disabled'}  "
-            f"{r['status']:<8}  {r.get('address') or ''}  {r['description']}"
-            for r in rows
+            f"{r['status']:<8}  {printable(r.get('address') or '')}  {printable(r['description'])}"
+            for r in d["connections"]
         )
 
     emit(args, data, human)
@@ -170,8 +230,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
     runtime = open_runtime(args)
-    connection = run_async(runtime.service.edit, args.id, settings_from(args), args.description)
+    connection = run_async(runtime.service.edit, args.id, settings, args.description)
     emit(args, _public(runtime, connection), _describe)
     return 0
 
@@ -200,8 +261,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
+    data = {**_public(runtime, runtime.service.get(args.id)), "deleted": True}
     runtime.service.delete(args.id)
-    emit(args, {"deleted": args.id}, lambda d: f"connection {d['deleted']} deleted")
+    emit(args, data, lambda d: f"connection {d['id']} deleted")
     return 0
 
 
@@ -209,15 +271,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _archive(commands: Any, common: argparse.ArgumentParser) -> None:
-    group = commands.add_parser("archive", parents=[common], help="look into the filesystem archive")
-    sub = group.add_subparsers(title="actions", metavar="ACTION", required=True)
-    sub.add_parser("list", parents=[common]).set_defaults(handler=cmd_archive_list)
-    show = sub.add_parser("show", parents=[common])
-    show.add_argument("id", help="connection/sha256, sha256, or a unique prefix")
+    sub = _actions(commands, common, "archive", "look into the filesystem archive")
+    sub.add_parser("list", parents=[common], help="list archived messages").set_defaults(handler=cmd_archive_list)
+    show = sub.add_parser("show", parents=[common], help="one message's metadata (refuses an ambiguous prefix)")
+    show.add_argument("id", help="connection/sha256, sha256, or a unique prefix of either")
     show.set_defaults(handler=cmd_archive_show)
-    sub.add_parser("verify", parents=[common], help="re-hash every message").set_defaults(
-        handler=cmd_archive_verify
-    )
+    sub.add_parser(
+        "verify", parents=[common], help="re-hash every message (progress on a terminal)"
+    ).set_defaults(handler=cmd_archive_verify)
 
 
 def _readable_archives(args: argparse.Namespace) -> list[Any]:
@@ -231,26 +292,27 @@ def _readable_archives(args: argparse.Namespace) -> list[Any]:
 def _summary(entry: Any) -> dict[str, Any]:
     meta = entry.metadata
     journal = meta.get("journal") or {}
+    arrivals = meta.get("arrivals") or []
     return {
         "id": entry.id,
         "connection_id": meta.get("connection_id"),
         "size": meta.get("size"),
         "sha256": meta.get("sha256"),
-        "received_at": (meta.get("arrivals") or [{}])[0].get("received_at"),
-        "arrivals": len(meta.get("arrivals", [])),
+        "received_at": arrivals[0].get("received_at") if arrivals else None,
+        "arrivals": arrivals,
         "journal_report": bool(journal),
         "path": str(entry.eml_path),
     }
 
 
 def cmd_archive_list(args: argparse.Namespace) -> int:
-    rows = [_summary(e) for sink in _readable_archives(args) for e in sink.entries()]
+    data = {"messages": [_summary(e) for sink in _readable_archives(args) for e in sink.entries()]}
     emit(
         args,
-        rows,
-        lambda rs: "\n".join(
+        data,
+        lambda d: "\n".join(
             f"{r['id']}  {r['size']:>9}  {r['received_at']}  {'journal' if r['journal_report'] else 'mail'}"
-            for r in rs
+            for r in d["messages"]
         )
         or "the archive is empty",
     )
@@ -258,22 +320,33 @@ def cmd_archive_list(args: argparse.Namespace) -> int:
 
 
 def cmd_archive_show(args: argparse.Namespace) -> int:
+    import json
+
     found = [e for sink in _readable_archives(args) for e in sink.find(args.id)]
     if not found:
         return fail(args, f"no archived message matches {args.id!r}; `mailpipe archive list` shows the ids")
-    data = [{**_summary(e), "metadata": e.metadata} for e in found]
-    import json
-
-    emit(args, data if len(data) > 1 else data[0], lambda d: json.dumps(d, indent=2, ensure_ascii=False))
+    if len(found) > 1:
+        return fail(
+            args,
+            f"{args.id!r} matches {len(found)} archived messages; give more of the id, one of:",
+            candidates=[e.id for e in found],
+        )
+    (entry,) = found
+    emit(args, {**_summary(entry), "metadata": entry.metadata},
+         lambda d: "\n".join(map(printable, json.dumps(d, indent=2, ensure_ascii=False).splitlines())))
     return 0
 
 
 def cmd_archive_verify(args: argparse.Namespace) -> int:
+    from mailpipe.cli_output import progress
+
+    archives = _readable_archives(args)
     checked, mismatches = 0, []
-    for sink in _readable_archives(args):
-        count, problems = sink.verify()
-        checked += count
-        mismatches += problems
+    with progress(args, sum(sink.count() for sink in archives), "msg", "verifying") as bar:
+        for sink in archives:
+            count, problems = sink.verify(on_checked=bar.update)
+            checked += count
+            mismatches += problems
     data = {"checked": checked, "mismatches": [m.__dict__ for m in mismatches], "ok": not mismatches}
     emit(
         args,
@@ -288,9 +361,8 @@ def cmd_archive_verify(args: argparse.Namespace) -> int:
 
 
 def _spool(commands: Any, common: argparse.ArgumentParser) -> None:
-    group = commands.add_parser("spool", parents=[common], help="queued and quarantined messages")
-    sub = group.add_subparsers(title="actions", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", parents=[common])
+    sub = _actions(commands, common, "spool", "queued and quarantined messages")
+    listing = sub.add_parser("list", parents=[common], help="list queued (or quarantined) messages")
     listing.add_argument("--quarantine", action="store_true", help="show quarantined messages")
     listing.set_defaults(handler=cmd_spool_list)
     retry = sub.add_parser("retry", parents=[common], help="move quarantined messages back to the queue")
@@ -304,7 +376,7 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
     where = QUARANTINE if args.quarantine else QUEUE
     rows = []
-    for message in runtime.spool.pending(where):
+    for message in runtime.spool.pending(where) if runtime.has_spool else []:
         state = runtime.spool.state(message.id, where)
         rows.append(
             {
@@ -320,9 +392,10 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
         )
     emit(
         args,
-        rows,
-        lambda rs: "\n".join(
-            f"{r['spool_id']}  {r['connection_id']}  attempts={r['attempts']}  {r['reason']}" for r in rs
+        {"where": where, "messages": rows},
+        lambda d: "\n".join(
+            f"{r['spool_id']}  {r['connection_id']}  attempts={r['attempts']}  {printable(r['reason'])}"
+            for r in d["messages"]
         )
         or f"the {where} is empty",
     )
@@ -334,7 +407,9 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
 
     runtime = open_runtime(args)
     try:
-        moved = retry_quarantined(runtime.spool, args.ids or None)
+        moved = retry_quarantined(runtime.spool, args.ids or None) if runtime.has_spool else []
+        if args.ids and not runtime.has_spool:
+            raise KeyError(args.ids[0])
     except KeyError as error:
         return fail(args, f"no quarantined message with spool id {error.args[0]!r}; see `mailpipe spool list --quarantine`")
     emit(args, {"retried": moved}, lambda d: f"{len(d['retried'])} message(s) back in the queue")
@@ -345,10 +420,9 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
 
 
 def _sinks(commands: Any, common: argparse.ArgumentParser) -> None:
-    group = commands.add_parser("sinks", parents=[common], help="configured sinks")
-    sub = group.add_subparsers(title="actions", metavar="ACTION", required=True)
-    sub.add_parser("list", parents=[common]).set_defaults(handler=cmd_sinks_list)
-    test = sub.add_parser("test", parents=[common])
+    sub = _actions(commands, common, "sinks", "configured sinks (where mail is stored)")
+    sub.add_parser("list", parents=[common], help="list the configured sinks").set_defaults(handler=cmd_sinks_list)
+    test = sub.add_parser("test", parents=[common], help="check that each sink (or NAME) can store mail")
     test.add_argument("name", nargs="?")
     test.set_defaults(handler=cmd_sinks_test)
 
@@ -359,8 +433,8 @@ def cmd_sinks_list(args: argparse.Namespace) -> int:
         {"name": t["name"], "type": t["type"], "required": bool(t.get("required", True))}
         for t in runtime.config.sinks
     ]
-    emit(args, rows, lambda rs: "\n".join(
-        f"{r['name']:<16} {r['type']:<12} {'required' if r['required'] else 'optional'}" for r in rs))
+    emit(args, {"sinks": rows}, lambda d: "\n".join(
+        f"{r['name']:<16} {r['type']:<12} {'required' if r['required'] else 'optional'}" for r in d["sinks"]))
     return 0
 
 
@@ -387,13 +461,16 @@ def cmd_sinks_test(args: argparse.Namespace) -> int:
             await slot.sink.aclose()
         return results
 
-    def human(rs: list[dict[str, Any]]) -> str:
-        lines = []
-        for r in rs:
-            lines.append(f"{r['name']:<16} {'ok' if r['ok'] else 'FAILED: ' + r['error']}")
-            lines += [f"{'':<16} warning: {w}" for w in r["warnings"]]
+    def human_row(r: dict[str, Any]) -> str:
+        lines = [f"{r['name']:<16} {'ok' if r['ok'] else 'FAILED: ' + printable(r['error'])}"]
+        lines += [f"{'':<16} warning: {printable(w)}" for w in r["warnings"]]
         return "\n".join(lines)
 
     rows = run_async(test_all)
-    emit(args, rows, human)
-    return 0 if all(r["ok"] for r in rows) else 1
+    if args.name:
+        (row,) = rows
+        emit(args, row, human_row)
+        return 0 if row["ok"] else 1
+    ok = all(r["ok"] for r in rows)
+    emit(args, {"ok": ok, "sinks": rows}, lambda d: "\n".join(human_row(r) for r in d["sinks"]))
+    return 0 if ok else 1

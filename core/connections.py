@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -19,13 +18,10 @@ from mailpipe.plugin_host import PluginHost
 from mailpipe.secrets import SecretBox
 from mailpipe.settings import complete, convert, masked
 from mailpipe.store import ConnectionStore, StoredConnection
+from mailpipe.timestamps import utc_now
 from mailpipe.types import Connection, ConnectionType, Status, TestResult, ValidationContext
 
 TEST_TIMEOUT_SECONDS = 60.0
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def new_connection_id() -> str:
@@ -102,6 +98,10 @@ class ConnectionService:
         }
 
     # --- changing --------------------------------------------------------
+
+    async def check_new(self, type_name: str, raw_settings: dict[str, Any]) -> None:
+        """Raise what ``add`` would refuse, without storing anything."""
+        await self._validated(self.host.connection_type(type_name), raw_settings, connection_id=None)
 
     async def add(self, type_name: str, description: str, raw_settings: dict[str, Any]) -> Connection:
         connection_type = self.host.connection_type(type_name)

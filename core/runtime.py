@@ -2,25 +2,43 @@
 
 The CLI and the server both start from a ``Runtime`` so that they agree on
 where everything lives.
+
+Only commands that bring state into being (``serve``, ``connections add``)
+open it with ``create=True``. Every other command opens it with
+``create=False``: run in the wrong directory or with the wrong ``--config``,
+it must not leave a fresh ``var/`` with a database, a spool and a new secret
+key behind, and it must be able to say which data_dir it looked at
+(``Runtime.state`` is ``"existing"``, ``"created"`` or ``"none"``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
 
 from mailpipe.config import Config, load_config
 from mailpipe.connections import ConnectionService
-from mailpipe.errors import ConfigError
+from mailpipe.errors import ConfigError, SecretKeyError
 from mailpipe.pipeline import SinkSlot
 from mailpipe.plugin_host import PluginHost, load_plugins
-from mailpipe.secrets import SecretBox
+from mailpipe.secrets import KEY_ENV, PREFIX, SecretBox
 from mailpipe.spool import Spool
 from mailpipe.store import SQLiteStore
 from mailpipe.types import SinkContext
 
 #: Keys of a [[sinks]] table that belong to the host, not to the sink type.
 HOST_SINK_KEYS = {"type", "name", "required"}
+
+#: existing: the state database was there; created: this process made it;
+#: none: there is none and nothing was created.
+StateKind = Literal["existing", "created", "none"]
+
+#: SQLite's name for a private database in memory: where there is no state, a
+#: command that only reads sees an empty store instead of creating a file.
+EMPTY_STORE = Path(":memory:")
 
 
 @dataclass
@@ -30,19 +48,38 @@ class Runtime:
     store: SQLiteStore
     box: SecretBox
     service: ConnectionService
-    spool: Spool
+    state: StateKind = "existing"
+    create: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, config_path: str | None = None, config: Config | None = None) -> "Runtime":
+    def open(
+        cls, config_path: str | None = None, config: Config | None = None, create: bool = True
+    ) -> "Runtime":
         config = config or load_config(config_path)
         host = load_plugins(config.plugins)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SQLiteStore(config.state_db)
-        box = SecretBox.for_data_dir(config.data_dir)
+        state: StateKind = "existing" if config.state_db.exists() else ("created" if create else "none")
+        if create:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = SQLiteStore(EMPTY_STORE if state == "none" else config.state_db)
+        box = SecretBox.for_data_dir(config.data_dir) if create or _key_exists(config) else MissingKeyBox(config)
         service = ConnectionService(config, host, store, box)
-        spool = Spool(config.spool_dir)
-        return cls(config, host, store, box, service, spool)
+        return cls(config, host, store, box, service, state, create)
+
+    @cached_property
+    def spool(self) -> Spool:
+        if not self.create and not self.has_spool:
+            # A command that may not create state must look first (has_spool).
+            raise RuntimeError(f"no spool under {self.config.data_dir}; opened without create")
+        return Spool(self.config.spool_dir)
+
+    @property
+    def has_spool(self) -> bool:
+        return self.config.spool_dir.exists()
+
+    def context(self) -> dict[str, Any]:
+        """Which config and data_dir this command used (every --json output says so)."""
+        return state_context(self.config, self.state)
 
     def build_sinks(self) -> list[SinkSlot]:
         context = SinkContext(data_dir=str(self.config.data_dir), config_dir=str(self.config.config_dir))
@@ -64,3 +101,46 @@ class Runtime:
 
     def close(self) -> None:
         self.store.close()
+
+
+def config_file(config: Config) -> str | None:
+    """The absolute path of the config file, or None for the embedded default."""
+    if config.source == "embedded default":
+        return None
+    return str(Path(config.source).resolve())
+
+
+def state_context(config: Config, state: StateKind | None = None) -> dict[str, Any]:
+    if state is None:
+        state = "existing" if config.state_db.exists() else "none"
+    return {"config": config_file(config), "data_dir": str(config.data_dir.resolve()), "state": state}
+
+
+def _key_exists(config: Config) -> bool:
+    return bool(os.environ.get(KEY_ENV)) or (config.data_dir / "secret.key").exists()
+
+
+class MissingKeyBox(SecretBox):
+    """Stands for the secret key where a command may not create one.
+
+    Plain values pass; an encrypted one, or a new secret, is refused with
+    the reason: creating a key now would hide that the one the stored
+    secrets were written with is gone.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._where = config.data_dir / "secret.key"
+
+    def encrypt(self, value: str) -> str:
+        raise SecretKeyError(self._missing())
+
+    def decrypt(self, stored: str) -> str:
+        if not stored.startswith(PREFIX):
+            return stored
+        raise SecretKeyError(self._missing())
+
+    def _missing(self) -> str:
+        return (
+            f"there is no secret key: {self._where} does not exist and {KEY_ENV} is not set; "
+            "restore the key the secrets were written with"
+        )

@@ -11,14 +11,14 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
 
-def parse_assignments(assignments: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split ``KEY=VALUE`` strings; returns values and problems."""
+def parse_assignments(assignments: list[str], option: str = "--set") -> tuple[dict[str, str], list[str]]:
+    """Split ``KEY=VALUE`` strings; returns values and problems (naming ``option``)."""
     values: dict[str, str] = {}
     problems: list[str] = []
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         if not sep or not key.strip():
-            problems.append(f"--set {assignment!r} is not KEY=VALUE")
+            problems.append(f"{option} {assignment!r} is not KEY=VALUE")
             continue
         values[key.strip()] = value.strip()
     return values, problems

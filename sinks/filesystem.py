@@ -33,7 +33,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import anyio.to_thread
 
@@ -251,41 +251,62 @@ class FilesystemSink:
         return None
 
     # --- reading (archive list / show / verify) ------------------------------
+    # Reading never creates anything: an archive that does not exist yet is
+    # an empty one.
 
     def entries(self) -> Iterator[ArchivedMessage]:
+        for meta_path in self._metadata_paths():
+            yield self._entry(meta_path)
+
+    def _metadata_paths(self) -> list[Path]:
         if not self.root.exists():
-            return
-        for meta_path in sorted(self.root.glob("*/??/*.json")):
-            if meta_path.name.startswith("."):
-                continue
-            eml = meta_path.with_suffix(".eml")
-            archive_id = f"{meta_path.parent.parent.name}/{meta_path.stem}"
-            yield ArchivedMessage(archive_id, eml, _read_json(meta_path))
+            return []
+        return [p for p in sorted(self.root.glob("*/??/*.json")) if not p.name.startswith(".")]
+
+    def _entry(self, meta_path: Path) -> ArchivedMessage:
+        archive_id = f"{meta_path.parent.parent.name}/{meta_path.stem}"
+        return ArchivedMessage(archive_id, meta_path.with_suffix(".eml"), _read_json(meta_path))
 
     def find(self, archive_id: str) -> list[ArchivedMessage]:
-        """By ``connection/sha256``, by sha256, or by a unique prefix of either."""
-        return [
+        """By ``connection/sha256``, by sha256, or by a prefix of either: every
+        match (the caller refuses an ambiguous prefix), or only the exact
+        ``connection/sha256`` when that is what was given."""
+        matches = [
             entry
             for entry in self.entries()
             if entry.id.startswith(archive_id) or entry.id.split("/", 1)[1].startswith(archive_id)
         ]
+        exact = [entry for entry in matches if entry.id == archive_id]
+        return exact or matches
 
-    def verify(self) -> tuple[int, list[Mismatch]]:
+    def count(self) -> int:
+        return len(self._metadata_paths())
+
+    def verify(self, on_checked: Callable[[], None] | None = None) -> tuple[int, list[Mismatch]]:
+        """Re-hash every message; ``on_checked`` is called after each one
+        (the CLI's progress display)."""
         checked, mismatches = 0, []
         for entry in self.entries():
             checked += 1
-            expected = entry.eml_path.stem
-            if not entry.eml_path.exists():
-                mismatches.append(Mismatch(entry.id, "message file is missing"))
-                continue
-            actual = sha256_of(entry.eml_path)
-            if actual != expected:
-                mismatches.append(
-                    Mismatch(entry.id, f"content hash is {actual}, the name and metadata say {expected}")
-                )
-            elif entry.metadata.get("sha256") not in (None, expected):
-                mismatches.append(Mismatch(entry.id, "metadata sha256 differs from the message"))
+            problem = check_entry(entry)
+            if problem:
+                mismatches.append(problem)
+            if on_checked:
+                on_checked()
         return checked, mismatches
+
+
+def check_entry(entry: ArchivedMessage) -> Mismatch | None:
+    """Does the message file still hash to the name and metadata it has?"""
+    expected = entry.eml_path.stem
+    if not entry.eml_path.exists():
+        return Mismatch(entry.id, "message file is missing")
+    actual = sha256_of(entry.eml_path)
+    if actual != expected:
+        return Mismatch(entry.id, f"content hash is {actual}, the name and metadata say {expected}")
+    if entry.metadata.get("sha256") not in (None, expected):
+        return Mismatch(entry.id, "metadata sha256 differs from the message")
+    return None
 
 
 def merge_metadata(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ O365 = ["--set", "undeliverable_journal_address=journal-ndr@customer.example"]
 
 
 def connection_count(config: Path) -> int:
-    return len(cli(config, "connections", "list", check=True).json)
+    return len(cli(config, "connections", "list", check=True).json["connections"])
 
 
 def test_full_lifecycle(config_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_full_lifecycle(config_path: Path) -> None:
     assert len(added["address"].split("@")[0]) >= 20  # unguessable
     connection_id = added["id"]
 
-    listed = cli(config_path, "connections", "list", check=True).json
+    listed = cli(config_path, "connections", "list", check=True).json["connections"]
     assert [c["id"] for c in listed] == [connection_id]
 
     shown = cli(config_path, "connections", "show", connection_id, check=True).json
@@ -43,7 +43,8 @@ def test_full_lifecycle(config_path: Path) -> None:
     assert edited["address"] == added["address"]  # the journal address never changes
 
     assert cli(config_path, "connections", "disable", connection_id, check=True).json["enabled"] is False
-    assert cli(config_path, "connections", "delete", connection_id, check=True).json == {"deleted": connection_id}
+    deleted = cli(config_path, "connections", "delete", connection_id, check=True).json
+    assert deleted["deleted"] is True and deleted["id"] == connection_id
     assert connection_count(config_path) == 0
 
 
@@ -125,6 +126,6 @@ def test_missing_config_file_is_explained(tmp_path: Path) -> None:
 
 
 def test_the_store_has_a_schema_version(config_path: Path) -> None:
-    cli(config_path, "connections", "list", check=True)
+    cli(config_path, "connections", "add", "smtp_o365", "--description", "x", *O365, check=True)
     database = sqlite3.connect(config_path.parent / "data" / "mailpipe.db")
     assert database.execute("PRAGMA user_version").fetchone()[0] >= 1

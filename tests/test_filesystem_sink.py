@@ -67,12 +67,12 @@ async def test_cli_archive_list_show_verify_detects_corruption(tmp_path: Path, c
     spool = Spool(tmp_path / "spool2")
     for body in (b"one", b"two", ODD):
         await sink.store(await spool.write_bytes(body, {"connection_id": "c9"}))
-    listed = cli(config_path, "archive", "list", check=True).json
+    listed = cli(config_path, "archive", "list", check=True).json["messages"]
     assert len(listed) == 3
     shown = cli(config_path, "archive", "show", listed[0]["sha256"][:12], check=True).json
     assert shown["metadata"]["sha256"] == listed[0]["sha256"]
     verified = cli(config_path, "archive", "verify", check=True).json
-    assert verified == {"checked": 3, "mismatches": [], "ok": True}
+    assert (verified["checked"], verified["mismatches"], verified["ok"]) == (3, [], True)
 
     victim = archived_files(archive)[1]
     victim.write_bytes(victim.read_bytes() + b"tampered")

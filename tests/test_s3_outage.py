@@ -67,16 +67,16 @@ def test_outage_keeps_mail_spooled_and_delivers_each_once(moto_s3: Any, tmp_path
         moto_s3.stop()  # ...when the store goes away (connections refused, state kept)
         send(10)  # and mail keeps coming during the outage: every one answered 250
         queued = wait_until(
-            lambda: [r for r in cli(config, "spool", "list", check=True).json if r["attempts"] >= 1],
+            lambda: [r for r in cli(config, "spool", "list", check=True).json["messages"] if r["attempts"] >= 1],
             timeout=60,
             message="no delivery was attempted and failed during the outage",
         )
         assert queued and all("cannot reach the S3 endpoint" in r["reason"] for r in queued)
         server.wait_for_log("sink failed; will retry")
-        assert cli(config, "spool", "list", "--quarantine", check=True).json == []
+        assert cli(config, "spool", "list", "--quarantine", check=True).json["messages"] == []
 
         moto_s3.start()  # the store is back on the same port
-        wait_until(lambda: cli(config, "spool", "list", check=True).json == [], timeout=120,
+        wait_until(lambda: cli(config, "spool", "list", check=True).json["messages"] == [], timeout=120,
                    message="spooled mail was not delivered after the store came back")
         assert server.stop() == 0
         log = "\n".join(server.lines)

@@ -87,13 +87,13 @@ def test_crash_after_acknowledgement_loses_nothing(tmp_path: Path) -> None:
         dropped = drop(maildir, "precious", raw)
         wait_until(lambda: not dropped.exists(), message="message was not collected")  # acknowledged
         server.wait_for_log("sink failed; will retry")
-        queued = cli(config, "spool", "list", check=True).json
+        queued = cli(config, "spool", "list", check=True).json["messages"]
         assert len(queued) == 1 and queued[0]["connection_id"] == connection_id
     finally:
         server.kill()
     blocked.unlink()  # the operator repairs the sink
     with ServerProcess(config):
-        wait_until(lambda: archived_files(blocked) and not cli(config, "spool", "list", check=True).json,
+        wait_until(lambda: archived_files(blocked) and not cli(config, "spool", "list", check=True).json["messages"],
                    timeout=30, message="the spooled message was not delivered after the restart")
     [stored] = archived_files(blocked)
     assert stored.read_bytes() == raw
@@ -113,7 +113,7 @@ def test_sigterm_stops_cleanly_and_keeps_undelivered_mail(tmp_path: Path) -> Non
     server.wait_for_log("sink failed; will retry")
     assert server.stop() == 0
     assert any(e.get("msg") == "mailpipe stopped" for e in server.logs())
-    assert len(cli(config, "spool", "list", check=True).json) == 1
+    assert len(cli(config, "spool", "list", check=True).json["messages"]) == 1
 
 
 def test_quarantine_and_retry_through_the_cli(tmp_path: Path) -> None:
@@ -126,12 +126,12 @@ def test_quarantine_and_retry_through_the_cli(tmp_path: Path) -> None:
     with ServerProcess(config) as server:
         drop(maildir, "q", b"Subject: q\r\n\r\nq\r\n")
         server.wait_for_log("message quarantined")
-        [item] = cli(config, "spool", "list", "--quarantine", check=True).json
+        [item] = cli(config, "spool", "list", "--quarantine", check=True).json["messages"]
         assert item["attempts"] == 2 and "sink filesystem" in item["reason"]
         blocked.unlink()
-        assert cli(config, "spool", "retry", check=True).json == {"retried": [item["spool_id"]]}
+        assert cli(config, "spool", "retry", check=True).json["retried"] == [item["spool_id"]]
         wait_until(lambda: len(archived_files(blocked)) == 1, timeout=30)
-    assert cli(config, "spool", "list", "--quarantine", check=True).json == []
+    assert cli(config, "spool", "list", "--quarantine", check=True).json["messages"] == []
 
 
 def test_example_vendor_sink_end_to_end(tmp_path: Path) -> None:
@@ -142,8 +142,8 @@ def test_example_vendor_sink_end_to_end(tmp_path: Path) -> None:
     config = write_config(tmp_path, sinks=sinks)
     maildir = make_maildir(tmp_path / "maildir")
     cli(config, "connections", "enable", add_maildir_connection(config, maildir), check=True)
-    assert [s["type"] for s in cli(config, "sinks", "list", check=True).json] == ["filesystem", "example_jsonl"]
-    assert all(r["ok"] for r in cli(config, "sinks", "test", check=True).json)
+    assert [s["type"] for s in cli(config, "sinks", "list", check=True).json["sinks"]] == ["filesystem", "example_jsonl"]
+    assert all(r["ok"] for r in cli(config, "sinks", "test", check=True).json["sinks"])
     raw = b"Subject: vendor\r\n\r\n\xe2\x82\xac\r\n"
     with ServerProcess(config):
         drop(maildir, "v", raw)

@@ -37,7 +37,7 @@ FILESYSTEM = '[[sinks]]\ntype = "filesystem"\nname = "local"\npath = "archive"\n
 
 def test_sinks_list_shows_every_sink_and_whether_it_is_required(tmp_path: Path) -> None:
     config = write_config(tmp_path, sinks=FILESYSTEM + s3_table("http://127.0.0.1:9", required=False))
-    rows = cli(config, "sinks", "list", check=True).json
+    rows = cli(config, "sinks", "list", check=True).json["sinks"]
     assert rows == [
         {"name": "local", "type": "filesystem", "required": True},
         {"name": "archive-s3", "type": "s3", "required": False},
@@ -49,7 +49,7 @@ def test_sinks_test_ok(moto_s3: Any, tmp_path: Path) -> None:
     config = write_config(tmp_path, sinks=FILESYSTEM + s3_table(moto_s3.endpoint_url, prefix="mail/"))
     result = cli(config, "sinks", "test")
     assert result.code == 0, result
-    assert [(row["name"], row["ok"]) for row in result.json] == [("local", True), ("archive-s3", True)]
+    assert [(row["name"], row["ok"]) for row in result.json["sinks"]] == [("local", True), ("archive-s3", True)]
     assert moto_s3.client().list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0  # the probe was removed
 
 
@@ -57,7 +57,7 @@ def test_sinks_test_no_such_bucket(moto_s3: Any, tmp_path: Path) -> None:
     config = write_config(tmp_path, sinks=s3_table(moto_s3.endpoint_url, bucket="no-such-bucket"))
     result = cli(config, "sinks", "test", "archive-s3")
     assert result.code == 1
-    (row,) = result.json
+    row = result.json
     assert row["ok"] is False
     assert row["error"].startswith(f"bucket 'no-such-bucket' does not exist at {moto_s3.endpoint_url}; create it")
 
@@ -67,7 +67,7 @@ def test_sinks_test_unreachable_endpoint(aws_credentials: dict[str, str], tmp_pa
     config = write_config(tmp_path, sinks=s3_table(endpoint))
     result = cli(config, "sinks", "test")
     assert result.code == 1
-    (row,) = result.json
+    (row,) = result.json["sinks"]
     assert row["error"].startswith(f"cannot reach the S3 endpoint {endpoint}")
     assert "check endpoint_url and region, that the store is running, and the network" in row["error"]
 
@@ -76,7 +76,7 @@ def test_sinks_test_object_lock_missing(moto_s3: Any, tmp_path: Path) -> None:
     moto_s3.client().create_bucket(Bucket=BUCKET)
     config = write_config(tmp_path, sinks=s3_table(moto_s3.endpoint_url, object_lock_mode="GOVERNANCE",
                                                    object_lock_days=7))
-    (row,) = cli(config, "sinks", "test").json
+    (row,) = cli(config, "sinks", "test").json["sinks"]
     assert not row["ok"] and "Object Lock is not enabled on bucket 'mail-archive'" in row["error"]
 
 
@@ -89,7 +89,7 @@ def test_sinks_test_without_credentials(
     # no instance metadata service here: make boto3 give up on it at once
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     config = write_config(tmp_path, sinks=s3_table(moto_s3.endpoint_url))
-    (row,) = cli(config, "sinks", "test").json
+    (row,) = cli(config, "sinks", "test").json["sinks"]
     assert row["error"].startswith("no AWS credentials found: give the server credentials through boto3's")
 
 
@@ -163,7 +163,7 @@ def test_sinks_test_access_denied(iam_moto: MotoS3, tmp_path: Path, monkeypatch:
     )
     result = cli(config, "sinks", "test", env=credentials)
     assert result.code == 1
-    write_denied, read_denied, drop_box = result.json
+    write_denied, read_denied, drop_box = result.json["sinks"]
     assert drop_box["ok"] is True  # it can store mail; the leftover probe is only a warning
     (warning,) = drop_box["warnings"]
     assert warning.startswith("the probe object s3://drop-box/.mailpipe-sink-test/")

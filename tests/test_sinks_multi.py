@@ -144,7 +144,7 @@ def test_a_required_sink_that_keeps_failing_quarantines_then_retry_delivers(
     with ServerProcess(config, env=SINKS_ONLY) as server:
 
         def quarantined() -> list[dict[str, Any]]:
-            rows = cli(config, "spool", "list", "--quarantine", check=True).json
+            rows = cli(config, "spool", "list", "--quarantine", check=True).json["messages"]
             return rows if len(rows) == 3 else []
 
         rows = wait_until(quarantined, timeout=60, message="messages were not quarantined")
@@ -153,15 +153,15 @@ def test_a_required_sink_that_keeps_failing_quarantines_then_retry_delivers(
             assert row["attempts"] == 2
             assert row["stored_in"] == ["local"]  # the filesystem copy is done and remembered
             assert f"sink cloud: sink 'cloud': bucket '{BUCKET}' does not exist at {moto_s3.endpoint_url}" in row["reason"]
-        assert cli(config, "spool", "list", check=True).json == []
+        assert cli(config, "spool", "list", check=True).json["messages"] == []
         server.wait_for_log("message quarantined after repeated sink failures")
 
         client.create_bucket(Bucket=BUCKET)  # the operator fixes the sink...
         retried = cli(config, "spool", "retry", check=True).json  # ...and sends the mail back
         assert sorted(retried["retried"]) == sorted(ids)
         wait_until(lambda: len(s3_keys(client)) == 6, timeout=60, message="retried mail was not delivered")
-        wait_until(lambda: cli(config, "spool", "list", check=True).json == [], timeout=30)
-        assert cli(config, "spool", "list", "--quarantine", check=True).json == []
+        wait_until(lambda: cli(config, "spool", "list", check=True).json["messages"] == [], timeout=30)
+        assert cli(config, "spool", "list", "--quarantine", check=True).json["messages"] == []
         assert server.stop() == 0
     assert len(archived_files(tmp_path / "archive")) == 3
     metadata = [json.loads(client.get_object(Bucket=BUCKET, Key=k)["Body"].read())

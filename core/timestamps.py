@@ -1,0 +1,32 @@
+"""One timestamp format for everything mailpipe shows: RFC 3339, UTC, milliseconds.
+
+``2026-12-02T01:02:03.123Z``: sorts as text, parses with
+``datetime.fromisoformat`` (Python 3.11+), ``date -d`` and every JSON tool,
+and milliseconds order the arrivals of a busy server without the noise of
+microseconds. Older state and archives hold other ISO forms (seconds, or
+microseconds with ``+00:00``); ``rfc3339`` rewrites them on the way out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def utc_now() -> str:
+    return format_utc(datetime.now(timezone.utc))
+
+
+def format_utc(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339(value: str) -> str:
+    """``value`` in the one format when it is an ISO timestamp with a zone;
+    anything else (a naive time, free text) is returned as it is."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        return value
+    return format_utc(parsed)
