@@ -38,7 +38,7 @@ READY_LINE = b"mailpipe-child-ready\n"
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 10.0
 
-#: The children this process supervises and that are running now.
+#: The children this process supervises that are running and ready.
 _running: set[anyio.abc.Process] = set()
 
 
@@ -74,7 +74,6 @@ async def supervise(
         process = await anyio.open_process(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None
         )
-        _running.add(process)
         try:
             assert process.stdout is not None
             line = b""
@@ -91,6 +90,10 @@ async def supervise(
                     raise ConfigError(message)
                 log.error(message)
             else:
+                # Only now: until it is ready a child may still be importing,
+                # before it ignores SIGHUP (a child starting now reads the
+                # current config file anyway).
+                _running.add(process)
                 if not started:
                     started = True
                     task_status.started()

@@ -258,7 +258,7 @@ async def serve(runtime: Runtime) -> None:
                 await group.start(server.run)
                 sd_notify.ready("serving")
         finally:
-            sd_notify.stopping()
+            sd_notify.stopping()  # again, for a stop that was not asked for (an error)
     log.info("mailpipe stopped")
 
 
@@ -269,6 +269,7 @@ async def _handle_signals(server: Server, scope: CancelScope) -> None:
                 _reload(server)
                 continue
             log.info("stopping on signal", extra={"signal": signal.Signals(received).name})
+            sd_notify.stopping()  # now, while the children and sessions are stopped
             scope.cancel()
             return
 
@@ -304,7 +305,10 @@ def hold_data_dir(data_dir: Path) -> Iterator[None]:
     inherited by children (O_CLOEXEC): the lock goes with this process.
     """
     path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise MailpipeError(f"cannot create {path}: {error.strerror}; check data_dir and its permissions") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -313,6 +317,10 @@ def hold_data_dir(data_dir: Path) -> Iterator[None]:
             raise AlreadyRunning(
                 f"another mailpipe serve (pid {holder}) is already running on data_dir {data_dir} "
                 f"(it holds {path}); stop it first, or give this one a config with another data_dir"
+            ) from None
+        except OSError as error:
+            raise MailpipeError(
+                f"cannot lock {path}: {error.strerror}; data_dir must be on a filesystem with file locks"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
