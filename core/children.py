@@ -177,7 +177,7 @@ async def _until_signalled(body: ChildBody, runtime: "Runtime") -> None:
                 async for _ in signals:
                     # In the event loop, not a thread: what an applier swaps
                     # (a TLS context) is read by the loop. A few small files.
-                    reload_config(runtime.config)
+                    reload_config(runtime.config, runtime.host)
 
         group.start_soon(stop_on_signal)
         group.start_soon(reload_on_signal)

@@ -7,9 +7,10 @@ children: the pipeline process, SMTP workers) handles it the same way:
 - re-read the file with :func:`mailpipe.config.load_config`; a file with
   errors is logged and the process keeps the config it runs with;
 - apply what can change in place: ``[server] log_level`` (here) and what a
-  running part registered with :func:`on_reload` (the SMTP listener loads
+  running part registered with :func:`on_reload`: the SMTP listener loads
   the TLS certificate files again, so that renewed certificates reach new
-  sessions without a restart);
+  sessions without a restart; the pipeline rebuilds a sink whose optional
+  settings changed (mailpipe.sink_reload);
 - log one ``configuration reloaded`` line naming what was reloaded, and a
   warning naming every changed setting that needs a restart (listen
   addresses, data_dir, sinks, pipeline settings...).
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mailpipe.config import Config, load_config
 from mailpipe.errors import MailpipeError
 from mailpipe.logs import current_level, set_level
+from mailpipe.runtime import HOST_SINK_KEYS
+
+if TYPE_CHECKING:
+    from mailpipe.plugin_host import PluginHost
 
 log = logging.getLogger("mailpipe.reload")
 
@@ -44,8 +49,9 @@ def on_reload(applier: Applier) -> Callable[[], None]:
     return lambda: _appliers.remove(applier)
 
 
-def reload_config(started_with: Config) -> bool:
-    """Handle one SIGHUP in this process; False when the file had errors."""
+def reload_config(started_with: Config, host: "PluginHost | None" = None) -> bool:
+    """Handle one SIGHUP in this process; False when the file had errors.
+    ``host`` (the loaded plugins) tells which sink settings are optional."""
     try:
         new = load_config(None if started_with.source == "embedded default" else started_with.source)
     except MailpipeError as error:
@@ -64,7 +70,9 @@ def reload_config(started_with: Config) -> bool:
     level_changed = new.log_level != current_level()
     if level_changed:
         reloaded.append("server.log_level")
-    needs_restart = [key for key in changed_settings(started_with, new) if not _live(key, started_with, new)]
+    needs_restart = [
+        key for key in changed_settings(started_with, new) if not _live(key, started_with, new, host)
+    ]
     log.info(
         "configuration reloaded",
         extra={"config": new.source, "reloaded": reloaded, "needs_restart": needs_restart,
@@ -81,15 +89,36 @@ def reload_config(started_with: Config) -> bool:
     return True
 
 
-def _live(key: str, old: Config, new: Config) -> bool:
+def _live(key: str, old: Config, new: Config, host: "PluginHost | None") -> bool:
     """Settings applied in place by a reload (by this module or an applier)."""
     if key == "server.log_level":
         return True
+    if key.startswith("sinks.") and host is not None:
+        name, setting = key.removeprefix("sinks.").rsplit(".", 1)
+        before = next((t for t in old.sinks if t.get("name") == name), None)
+        after = next((t for t in new.sinks if t.get("name") == name), None)
+        return (
+            before is not None and after is not None and before["type"] == after["type"]
+            and optional_sink_setting(host, before["type"], setting)
+        )
     if key in ("smtp.tls_cert", "smtp.tls_key"):
         # A new certificate, yes; turning STARTTLS on or off changes what
         # EHLO offers: a restart.
         return bool(old.smtp.tls_cert) and bool(new.smtp.tls_cert)
     return False
+
+
+def optional_sink_setting(host: "PluginHost", sink_type: str, key: str) -> bool:
+    """A setting its sink type declares optional: rebuilt in place on reload.
+    Required ones (a filesystem path, a bucket) name where the archive is:
+    a restart, like the host's own keys (type, name, required)."""
+    if key in HOST_SINK_KEYS:
+        return False
+    try:
+        settings = host.sink_type(sink_type).settings
+    except MailpipeError:
+        return False
+    return any(setting.name == key and not setting.required for setting in settings)
 
 
 def changed_settings(old: Config, new: Config) -> list[str]:

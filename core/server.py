@@ -279,7 +279,7 @@ def _reload(server: Server) -> None:
     from mailpipe.reload import reload_config
 
     sd_notify.reloading()
-    reload_config(server.runtime.config)
+    reload_config(server.runtime.config, server.runtime.host)
     # Each child re-reads the file itself and applies its own part (the
     # pipeline process its log level, SMTP workers their certificates).
     signal_children(signal.SIGHUP)

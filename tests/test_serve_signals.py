@@ -184,6 +184,45 @@ def test_sighup_reaches_smtp_worker_processes(tmp_path: Path, certs) -> None:
         setup.stop()
 
 
+@pytest.mark.peer
+def test_sighup_rebuilds_a_sink_whose_optional_settings_changed(tmp_path: Path, moto_s3) -> None:
+    """An optional setting (the s3 sink's prefix) applies to the next message;
+    a required one (the filesystem sink's path) is named as needing a restart."""
+    moto_s3.client().create_bucket(Bucket="mail-archive")
+    setup = _setup(tmp_path)
+    setup.config.write_text(setup.config.read_text() + (
+        f'\n[[sinks]]\ntype = "s3"\nname = "cloud"\nbucket = "mail-archive"\n'
+        f'endpoint_url = "{moto_s3.endpoint_url}"\nprefix = "before/"\n'
+    ))
+    setup.start()
+    server = setup.server
+    assert server is not None and server.process is not None
+
+    def keys() -> list[str]:
+        listing = moto_s3.client().list_objects_v2(Bucket="mail-archive")
+        return sorted(item["Key"] for item in listing.get("Contents", []) if item["Key"].endswith(".eml"))
+
+    try:
+        _send_one(setup, "first")
+        wait_until(lambda: len(keys()) == 1, timeout=60)
+        assert keys()[0].startswith("before/")
+
+        _edit(setup.config, 'prefix = "before/"', 'prefix = "after/"')
+        reloaded = _hup(server, 0)
+        assert reloaded["reloaded"] == [] and reloaded["needs_restart"] == []  # the server process has no sinks
+        server.wait_for_log("sink reloaded", role="pipeline", sink="cloud", settings=["prefix"])
+        _send_one(setup, "second")
+        wait_until(lambda: len(keys()) == 2, timeout=60)
+        assert [k.split("/")[0] for k in keys()] == ["after", "before"]
+
+        _edit(setup.config, 'path = "archive"', 'path = "elsewhere"')
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("changed settings take effect only after a restart", settings=["sinks.filesystem.path"])
+        _send_one(setup, "third, still in the old archive")
+    finally:
+        setup.stop()
+
+
 # --- sd_notify ---------------------------------------------------------------------------
 
 
