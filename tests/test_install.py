@@ -10,10 +10,13 @@ import ast
 import importlib.metadata
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The installed package's source folders (pyproject's package-dir).
@@ -94,3 +97,27 @@ def test_python_dash_m_mailpipe(tmp_path: Path) -> None:
     assert plugins.returncode == 0, plugins.stderr
     names = {plugin["name"] for plugin in json.loads(plugins.stdout)["plugins"]}
     assert "smtp_o365" in names
+
+
+def _unit_lines() -> dict[str, str]:
+    lines = (ROOT / "contrib" / "mailpipe.service").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_systemd_unit_is_what_docs_operations_describes(tmp_path: Path) -> None:
+    unit = _unit_lines()
+    assert unit["Type"] == "notify"  # core/sd_notify.py sends READY=1
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert unit["ExecStart"].split()[1:3] == ["serve", "--config"]
+    assert unit["User"] == "mailpipe" and unit["NoNewPrivileges"] == "yes" and unit["ProtectSystem"] == "strict"
+    assert int(unit["LimitNOFILE"]) >= 65536
+    assert "## Running under systemd" in (ROOT / "docs" / "operations.md").read_text()
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: the unit's syntax is not checked")
+    # systemd checks that ExecStart exists: point it at this venv's mailpipe.
+    copy = tmp_path / "mailpipe.service"
+    text = (ROOT / "contrib" / "mailpipe.service").read_text()
+    copy.write_text(text.replace(unit["ExecStart"].split()[0], str(Path(sys.executable).parent / "mailpipe")))
+    verified = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stderr
