@@ -156,6 +156,13 @@ def test_sighup_reloads_log_level_and_certificate_and_keeps_serving(tmp_path: Pa
         server.wait_for_log("changed settings take effect only after a restart", settings=["smtp.listen"])
         _send_one(setup, "still on the old port")
 
+        # A certificate file that cannot be loaded: logged, the last good certificate stays.
+        live_cert.write_text("not a certificate")
+        server.process.send_signal(signal.SIGHUP)
+        failure = server.wait_for_log("could not reload part of the configuration")
+        assert str(live_cert) in failure["error"]
+        assert _served_certificate(setup) == _der(untrusted_certs.cert_file)
+
         # A config with errors: logged, the old config stays.
         setup.config.write_text("[smtp\nbroken")
         server.process.send_signal(signal.SIGHUP)
