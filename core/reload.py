@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailpipe.reload")
 
 #: ``applier(started_with, new)`` applies part of ``new`` and returns the
-#: setting names it reloaded (e.g. ``["smtp.tls_cert"]``); a MailpipeError
+#: setting names it reloaded (e.g. ``["smtp.tls_cert"]``); an exception
 #: it raises is logged and the part keeps running as it was.
 Applier = Callable[[Config, Config], list[str]]
 
@@ -52,21 +52,23 @@ def on_reload(applier: Applier) -> Callable[[], None]:
 def reload_config(started_with: Config, host: "PluginHost | None" = None) -> bool:
     """Handle one SIGHUP in this process; False when the file had errors.
     ``host`` (the loaded plugins) tells which sink settings are optional."""
+    # Any exception, not only ConfigError: a file that became unreadable,
+    # a directory or not UTF-8 must not turn a reload into a stop.
     try:
         new = load_config(None if started_with.source == "embedded default" else started_with.source)
-    except MailpipeError as error:
+    except Exception as error:
         log.error(
             "configuration not reloaded: the file has errors; still running with the config it had",
-            extra={"config": started_with.source, "error": str(error)},
+            extra={"config": started_with.source, "error": _describe(error)},
         )
         return False
     reloaded: list[str] = []
     for applier in list(_appliers):
         try:
             reloaded += applier(started_with, new)
-        except MailpipeError as error:
+        except Exception as error:
             log.error("could not reload part of the configuration; that part runs as before",
-                      extra={"error": str(error)})
+                      extra={"error": _describe(error)})
     level_changed = new.log_level != current_level()
     if level_changed:
         reloaded.append("server.log_level")
@@ -87,6 +89,10 @@ def reload_config(started_with: Config, host: "PluginHost | None" = None) -> boo
     # had when asking for the reload.
     set_level(new.log_level)
     return True
+
+
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, MailpipeError) else f"{type(error).__name__}: {error}"
 
 
 def _live(key: str, old: Config, new: Config, host: "PluginHost | None") -> bool:

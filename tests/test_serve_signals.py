@@ -163,10 +163,15 @@ def test_sighup_reloads_log_level_and_certificate_and_keeps_serving(tmp_path: Pa
         assert str(live_cert) in failure["error"]
         assert _served_certificate(setup) == _der(untrusted_certs.cert_file)
 
-        # A config with errors: logged, the old config stays.
+        # A config with errors, then one that is not even text: logged, the old config stays.
         setup.config.write_text("[smtp\nbroken")
         server.process.send_signal(signal.SIGHUP)
         server.wait_for_log("configuration not reloaded")
+        setup.config.write_bytes(b"\xff\xfe not UTF-8")
+        server.process.send_signal(signal.SIGHUP)
+        # Two processes (the server and the pipeline process), two bad files: four lines.
+        wait_until(lambda: sum("configuration not reloaded" in str(e.get("msg")) for e in server.logs()) >= 4,
+                   timeout=60, message="each process logs the unreadable config")
         _send_one(setup, "after a bad config")
         assert server.process.poll() is None
         assert server.stop() == 0
