@@ -6,6 +6,9 @@ it was ever ready stops the server with a ConfigError (its own log lines say
 why); one that dies later is restarted after ``RESTART_DELAY``. Children get
 SIGTERM when the server goes, however it goes (Linux parent-death signal),
 so a killed server never leaves one behind holding a port or the spool.
+A SIGHUP the server gets (a reload: mailpipe.reload) is passed on to every
+running child, which reloads its own part; a child ignores SIGHUP until it
+can reload, so a reload never kills one.
 
 The child side: :func:`run_child` opens the runtime, tags every log line
 with the child's name and pid, runs the child's body and turns operator
@@ -35,8 +38,24 @@ READY_LINE = b"mailpipe-child-ready\n"
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 10.0
 
+#: The children this process supervises that are running and ready.
+_running: set[anyio.abc.Process] = set()
+
 
 # --- in the server process ----------------------------------------------------
+
+
+def signal_children(signal_number: int) -> int:
+    """Send ``signal_number`` to every running child; how many were sent it."""
+    sent = 0
+    for process in list(_running):
+        if process.returncode is None:
+            try:
+                process.send_signal(signal_number)
+                sent += 1
+            except ProcessLookupError:  # it exited just now; its supervisor restarts it
+                pass
+    return sent
 
 
 def child_command(module: str, runtime: "Runtime") -> list[str]:
@@ -71,12 +90,17 @@ async def supervise(
                     raise ConfigError(message)
                 log.error(message)
             else:
+                # Only now: until it is ready a child may still be importing,
+                # before it ignores SIGHUP (a child starting now reads the
+                # current config file anyway).
+                _running.add(process)
                 if not started:
                     started = True
                     task_status.started()
                 code = await process.wait()
                 log.error("child process exited; restarting", extra={"child": name, "code": code})
         finally:
+            _running.discard(process)
             with anyio.CancelScope(shield=True):
                 await _stop(process)
         await anyio.sleep(RESTART_DELAY)
@@ -107,6 +131,9 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     parser.add_argument("--worker-number", type=int, default=0)
     parser.add_argument("--smtp-workers", type=int, default=1, help="the server's --workers")
     args = parser.parse_args(argv)
+    # Until the reload handler below is in place, a SIGHUP passed on by the
+    # server must not kill this child (the default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with_parent()
     from mailpipe.errors import MailpipeError, operator_errors
     from mailpipe.logs import setup_logging
@@ -143,7 +170,17 @@ async def _until_signalled(body: ChildBody, runtime: "Runtime") -> None:
                     group.cancel_scope.cancel()
                     return
 
+        async def reload_on_signal() -> None:
+            from mailpipe.reload import reload_config
+
+            with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+                async for _ in signals:
+                    # In the event loop, not a thread: what an applier swaps
+                    # (a TLS context) is read by the loop. A few small files.
+                    reload_config(runtime.config, runtime.host)
+
         group.start_soon(stop_on_signal)
+        group.start_soon(reload_on_signal)
         await body(runtime, ready)
         group.cancel_scope.cancel()
 

@@ -24,7 +24,10 @@ where ps and the shell history would keep them:
 
 def register_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[common], help="run the server")
-    serve.add_argument("--workers", type=int, default=1, help="SMTP worker processes (default 1)")
+    serve.add_argument(
+        "--workers", type=_worker_count, default=1,
+        help="SMTP worker processes (default 1: the server process listens itself)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     plugins = commands.add_parser("plugins", parents=[common], help="list installed plugins")
@@ -43,6 +46,19 @@ def _actions(commands: Any, common: argparse.ArgumentParser, name: str, help_tex
 
 
 # --- serve / plugins -----------------------------------------------------------
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number, 1 or more (1, the default: the server process listens itself; "
+            f"N: N SMTP worker processes), not {text!r}"
+        )
+    return count
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -46,8 +46,20 @@ class HumanFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", human: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(HumanFormatter() if human else JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("mail.log", "botocore", "boto3", "urllib3", "aioimaplib", "s3transfer"):
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
+
+
+#: Libraries that log every request or SMTP line at INFO: never below WARNING.
+_NOISY = ("mail.log", "botocore", "boto3", "urllib3", "aioimaplib", "s3transfer")
+
+
+def set_level(level: str) -> None:
+    """The level of every mailpipe log line; also what a SIGHUP reload changes."""
+    logging.getLogger().setLevel(level)
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().level)

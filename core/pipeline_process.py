@@ -41,6 +41,8 @@ from anyio.abc import TaskStatus
 from mailpipe.children import run_child
 from mailpipe.enrich import default_enrichers
 from mailpipe.pipeline import Pipeline, SinkSlot
+from mailpipe.reload import on_reload
+from mailpipe.sink_reload import SinkReloader
 
 if TYPE_CHECKING:
     from mailpipe.runtime import Runtime
@@ -64,6 +66,7 @@ async def run_pipeline(
     pipeline = Pipeline(
         runtime.spool, sinks, runtime.config.pipeline, default_enrichers(), recover_at_start=recover_at_start
     )
+    stop_reloading: Callable[[], None] = lambda: None
     try:
         async with anyio.create_task_group() as group:
             if announcements:
@@ -71,8 +74,11 @@ async def run_pipeline(
 
                 group.start_soon(receive_announcements, runtime.spool.root, pipeline.announced)
             await group.start(pipeline.run)
+            # SIGHUP rebuilds a sink whose optional settings changed.
+            stop_reloading = on_reload(SinkReloader(runtime, pipeline, group))
             task_status.started(sinks)
     finally:
+        stop_reloading()
         with anyio.CancelScope(shield=True):
             for slot in sinks:
                 await slot.sink.aclose()

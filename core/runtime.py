@@ -82,22 +82,24 @@ class Runtime:
         return state_context(self.config, self.state)
 
     def build_sinks(self) -> list[SinkSlot]:
-        context = SinkContext(data_dir=str(self.config.data_dir), config_dir=str(self.config.config_dir))
-        slots = []
-        for table in self.config.sinks:
-            sink_type = self.host.sink_type(table["type"])
-            settings = {k: v for k, v in table.items() if k not in HOST_SINK_KEYS}
-            try:
-                sink = sink_type.factory(table["name"], settings, context)
-            except (ValueError, TypeError) as error:
-                raise ConfigError(f"{self.config.source}: sink {table['name']!r}: {error}") from None
-            slots.append(SinkSlot(table["name"], sink, bool(table.get("required", True))))
+        slots = [self.build_sink(table) for table in self.config.sinks]
         if not any(slot.required for slot in slots):
             raise ConfigError(
                 f"{self.config.source}: every sink is optional; mark at least one "
                 "`required = true` or mail would leave the spool unstored"
             )
         return slots
+
+    def build_sink(self, table: dict[str, Any]) -> SinkSlot:
+        """One ``[[sinks]]`` table's sink (also what a SIGHUP reload rebuilds)."""
+        context = SinkContext(data_dir=str(self.config.data_dir), config_dir=str(self.config.config_dir))
+        sink_type = self.host.sink_type(table["type"])
+        settings = {k: v for k, v in table.items() if k not in HOST_SINK_KEYS}
+        try:
+            sink = sink_type.factory(table["name"], settings, context)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{self.config.source}: sink {table['name']!r}: {error}") from None
+        return SinkSlot(table["name"], sink, bool(table.get("required", True)))
 
     def close(self) -> None:
         self.store.close()

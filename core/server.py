@@ -9,19 +9,30 @@ Connection changes made by the CLI (another process) reach the running
 server through the store's revision counter, polled every
 ``WATCH_INTERVAL`` seconds: a disabled or deleted connection stops
 accepting or collecting, an enabled one starts, without a restart.
+
+One server per data_dir (an flock on ``data_dir/serve.lock``). SIGHUP
+reloads what can change without a restart (mailpipe.reload); under systemd
+(``NOTIFY_SOCKET``) the server reports READY/RELOADING/STOPPING
+(mailpipe.sd_notify).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import anyio
 import anyio.to_thread
 from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
+from mailpipe import sd_notify
+from mailpipe.errors import MailpipeError
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline_process import run_pipeline
 from mailpipe.runtime import Runtime
@@ -237,16 +248,82 @@ def _restart_key(connection: Connection) -> tuple[Any, ...]:
 
 async def serve(runtime: Runtime) -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly: whatever was not yet
-    stored stays in the spool for the next start."""
-    server = Server(runtime)
-    async with anyio.create_task_group() as group:
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for received in signals:
-                    log.info("stopping on signal", extra={"signal": signal.Signals(received).name})
-                    group.cancel_scope.cancel()
-                    return
-
-        group.start_soon(stop_on_signal)
-        await group.start(server.run)
+    stored stays in the spool for the next start. SIGHUP reloads
+    (mailpipe.reload) and is passed on to the child processes."""
+    with hold_data_dir(runtime.config.data_dir):
+        server = Server(runtime)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_handle_signals, server, group.cancel_scope)
+                await group.start(server.run)
+                sd_notify.ready("serving")
+        finally:
+            sd_notify.stopping()  # again, for a stop that was not asked for (an error)
     log.info("mailpipe stopped")
+
+
+async def _handle_signals(server: Server, scope: CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for received in signals:
+            if received == signal.SIGHUP:
+                _reload(server)
+                continue
+            log.info("stopping on signal", extra={"signal": signal.Signals(received).name})
+            sd_notify.stopping()  # now, while the children and sessions are stopped
+            scope.cancel()
+            return
+
+
+def _reload(server: Server) -> None:
+    from mailpipe.children import signal_children
+    from mailpipe.reload import reload_config
+
+    sd_notify.reloading()
+    reload_config(server.runtime.config, server.runtime.host)
+    # Each child re-reads the file itself and applies its own part (the
+    # pipeline process its log level, SMTP workers their certificates).
+    signal_children(signal.SIGHUP)
+    if server.started.is_set():
+        sd_notify.ready("serving")
+
+
+class AlreadyRunning(MailpipeError):
+    pass
+
+
+LOCK_FILE = "serve.lock"
+
+
+@contextlib.contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """Be the only ``mailpipe serve`` on ``data_dir`` while the block runs.
+
+    Two servers on one data_dir would run two pipelines on one spool. An
+    flock on ``data_dir/serve.lock`` (released by the kernel however the
+    process ends, so a crash leaves no stale lock) decides; the file holds
+    the holder's pid for the refusal message. The descriptor is not
+    inherited by children (O_CLOEXEC): the lock goes with this process.
+    """
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise MailpipeError(f"cannot create {path}: {error.strerror}; check data_dir and its permissions") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "not yet written"
+            raise AlreadyRunning(
+                f"another mailpipe serve (pid {holder}) is already running on data_dir {data_dir} "
+                f"(it holds {path}); stop it first, or give this one a config with another data_dir"
+            ) from None
+        except OSError as error:
+            raise MailpipeError(
+                f"cannot lock {path}: {error.strerror}; data_dir must be on a filesystem with file locks"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ from anyio.abc import TaskStatus
 from mailpipe.config import SmtpConfig
 from mailpipe.errors import ConfigError
 from mailpipe.group_commit import GroupCommitter
+from mailpipe.reload import on_reload
 from mailpipe.smtp.addresses import ListenAddress, parse_listen
 from mailpipe.smtp.protocol import ListenerContext, MailpipeSMTP
 from mailpipe.smtp.routing import Directory, Router
@@ -73,6 +74,7 @@ async def serve_smtp(
     )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
+    stop_reloading = on_reload(lambda _started_with, new: reload_tls(context, new.smtp))
     try:
         for address in addresses:
             servers.append(await _bind(loop, context, address, reuse_port))
@@ -89,6 +91,7 @@ async def serve_smtp(
         task_status.started()
         await anyio.sleep_forever()
     finally:
+        stop_reloading()
         for listening in servers:
             listening.close()
         # Sessions still open are cut: a message not yet acknowledged stays
@@ -133,6 +136,16 @@ def build_tls_context(settings: SmtpConfig) -> ssl.SSLContext | None:
             "private key"
         ) from None
     return context
+
+
+def reload_tls(context: ListenerContext, settings: SmtpConfig) -> list[str]:
+    """SIGHUP: sessions from now on get the certificate now in the files
+    (renewed in place or at a new path); open sessions keep theirs."""
+    if context.tls_context is None or not settings.tls_cert:
+        return []  # turning STARTTLS on or off needs a restart (mailpipe.reload)
+    context.tls_context = build_tls_context(settings)
+    log.info("TLS certificate reloaded", extra={"tls_cert": settings.tls_cert})
+    return ["smtp.tls_cert", "smtp.tls_key"]
 
 
 def _require_asyncio() -> None:
