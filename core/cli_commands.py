@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mailpipe import cli_config
 from mailpipe.cli import emit, fail, open_runtime, run_async, settings_from
 from mailpipe.errors import MailpipeError
 
@@ -21,6 +22,7 @@ def register_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     _archive(commands, common)
     _spool(commands, common)
     _sinks(commands, common)
+    cli_config.register(commands, common)
 
 
 # --- serve / plugins -----------------------------------------------------------
