@@ -310,6 +310,8 @@ def parse_config(text: str, base: Path, source: str) -> Config:
 def _sink_tables(tables: list[SinkTable] | None, data_dir: Path, source: str) -> tuple[dict[str, Any], ...]:
     if tables is None:
         return ({"type": "filesystem", "path": str(data_dir / "archive"), "name": "filesystem"},)
+    if not tables:
+        raise ConfigError(f"{source}: sinks = [] leaves mail nowhere to go; add a [[sinks]] table")
     resolved = []
     for index, table in enumerate(tables):
         sink = table.model_dump(exclude_unset=True) | dict(table.model_extra or {})

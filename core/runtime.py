@@ -38,6 +38,7 @@ class Runtime:
     def open(cls, config_path: str | None = None, config: Config | None = None) -> "Runtime":
         config = config or load_config(config_path)
         host = load_plugins(config.plugins)
+        build_sink_slots(config, host)  # each sink type checks its own keys before anything is created
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = SQLiteStore(config.state_db)
         box = SecretBox.for_data_dir(config.data_dir)
