@@ -9,6 +9,7 @@ data_dir, no database, no secret key). A good config passes, and
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -161,8 +162,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("[pipeline]\n", '[pipeline]\nmax_attempts = "eight"\nconcurrency = 0\n'))
     result = cli(config, "config", "check")
     assert result.code == 1
-    import json
-
     errors = json.loads(result.err)["errors"]
     assert [e.split(": ", 1)[1].split(" must")[0] for e in errors] == [
         "[pipeline] max_attempts", "[pipeline] concurrency"
