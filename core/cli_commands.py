@@ -11,6 +11,7 @@ import argparse
 import textwrap
 from typing import Any
 
+from mailpipe import cli_config
 from mailpipe.cli import emit, fail, open_runtime, printable, run_async, settings_from
 from mailpipe.errors import MailpipeError
 
@@ -37,6 +38,7 @@ def register_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     _archive(commands, common)
     _spool(commands, common)
     _sinks(commands, common)
+    cli_config.register(commands, common)
 
 
 def _actions(commands: Any, common: argparse.ArgumentParser, name: str, help_text: str) -> Any:

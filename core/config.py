@@ -5,15 +5,28 @@ on the embedded default: data under ``./var``, SMTP on 127.0.0.1:2525 and the
 filesystem sink under ``./var/archive``. Relative paths in a config file are
 relative to the directory the file is in; in the embedded default, to the
 current directory.
+
+Every key is checked for type and range (pydantic, strict: ``"8"`` is not a
+number, ``"yes"`` is not a boolean, a string is not a list) before anything
+is created on disk, and every problem is reported as one sentence naming the
+file, the key, the value given and what is allowed. The host checks only
+its own keys of a ``[[sinks]]`` table (``type``, ``name``, ``required``); the
+rest belong to the sink type, whose factory checks them.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import model_validator
 
 from mailpipe.errors import ConfigError
 
@@ -30,44 +43,187 @@ type = "filesystem"
 path = "var/archive"
 """
 
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    listen: str = "127.0.0.1:2525"
-    journal_domain: str = "journal.example.net"
-    accepted_domains: tuple[str, ...] = ()
-    max_message_size: int = 150 * 1024 * 1024
-    disabled_reply: str = "tempfail"  # or "reject"
-    proxy_protocol: bool = False
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    require_tls: bool = False
-    max_line_length: int = 0  # 0: no limit beyond the message size
-    bare_lf: str = "accept"  # or "reject"
-    hostname: str = ""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CPU_PRIORITIES = ("auto", "idle", "normal")
+#: RFC 5321 lets a text line hold 998 characters; a lower limit refuses
+#: mail that every other server accepts.
+MIN_LINE_LENGTH = 998
+MIN_MESSAGE_SIZE = 1024
+MAX_BACKOFF_SECONDS = 86_400.0
+_DOMAIN_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+DOMAIN_RULE = (
+    "a domain name such as journal.example.net (letters, digits and hyphens, "
+    "dot-separated labels of at most 63 characters)"
+)
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    max_attempts: int = 8
-    backoff_initial: float = 1.0
-    backoff_max: float = 300.0
-    concurrency: int = 1  # batches delivered at once (a batch's stores already overlap)
-    batch_size: int = 64  # messages handed to a sink's store_batch at once
+def _domain_name(value: Any) -> Any:
+    """A DNS host/domain name, lower-cased; anything else is left to the type check."""
+    if not isinstance(value, str):
+        return value
+    domain = value.lower()
+    labels = domain.split(".")
+    if len(domain) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"must be {DOMAIN_RULE}")
+    return domain
+
+
+def _list_as_tuple(value: Any) -> Any:
+    # TOML arrays arrive as lists; a string stays a string, so that
+    # `allow = "smtp_o365"` is an error, not the tuple of its letters.
+    return tuple(value) if isinstance(value, list) else value
+
+
+Name = Annotated[str, Field(min_length=1)]
+DomainName = Annotated[str, BeforeValidator(_domain_name)]
+NameList = Annotated[tuple[Name, ...], BeforeValidator(_list_as_tuple)]
+DomainList = Annotated[tuple[DomainName, ...], BeforeValidator(_list_as_tuple)]
+
+
+class _Section(BaseModel):
+    """A config table: unknown keys refused, no type coercion, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServerConfig(_Section):
+    data_dir: str = Field("var", min_length=1, description='a directory path as a string, e.g. "var"')
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="one of " + ", ".join(f'"{level}"' for level in LOG_LEVELS)
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class SmtpConfig(_Section):
+    listen: str | tuple[str, ...] = Field(
+        "127.0.0.1:2525", description='"host:port" or a list of them, e.g. ["127.0.0.1:2525", "[::1]:2525"]'
+    )
+    journal_domain: DomainName = Field("journal.example.net", description=DOMAIN_RULE)
+    accepted_domains: DomainList = Field((), description='a list of domain names, e.g. ["example.com"]')
+    max_message_size: ByteSize = Field(
+        150 * 1024 * 1024,
+        ge=MIN_MESSAGE_SIZE,
+        description='a size of at least 1 KiB: bytes as a number (157286400) or a string such as "150MiB" or "150MB"',
+    )
+    disabled_reply: Literal["tempfail", "reject"] = Field(
+        "tempfail", description="'tempfail' (451, the default) or 'reject' (550)"
+    )
+    proxy_protocol: bool = Field(False, description="true or false (without quotes)")
+    tls_cert: str | None = Field(None, description="the path of a PEM certificate chain, as a string")
+    tls_key: str | None = Field(None, description="the path of a PEM private key, as a string")
+    require_tls: bool = Field(False, description="true or false (without quotes)")
+    max_line_length: int = Field(
+        0, ge=0, description=f"0 (no limit beyond the message size) or a whole number of at least {MIN_LINE_LENGTH}"
+    )
+    bare_lf: Literal["accept", "reject"] = Field("accept", description="'accept' or 'reject'")
+    hostname: str = Field("", description="empty (this machine's name) or " + DOMAIN_RULE)
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        from mailpipe.smtp.addresses import parse_listen
+
+        try:
+            parse_listen(value)
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("[smtp] ")) from None
+        return _list_as_tuple(value)
+
+    @field_validator("hostname", mode="before")
+    @classmethod
+    def _hostname(cls, value: Any) -> Any:
+        return _domain_name(value) if value != "" else value
+
+    @field_validator("max_message_size", mode="after")
+    @classmethod
+    def _plain_int(cls, value: int) -> int:
+        return int(value)
+
+    @field_validator("max_line_length", mode="after")
+    @classmethod
+    def _rfc_line_length(cls, value: int) -> int:
+        if 0 < value < MIN_LINE_LENGTH:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_LINE_LENGTH} (RFC 5321's line length)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "SmtpConfig":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together; set both or neither")
+        if self.require_tls and not self.tls_cert:
+            raise ValueError("require_tls needs tls_cert and tls_key")
+        return self
+
+
+class PipelineConfig(_Section):
+    max_attempts: int = Field(8, ge=1, description="a whole number of at least 1, e.g. 8")
+    backoff_initial: float = Field(
+        1.0, gt=0, le=MAX_BACKOFF_SECONDS, description="seconds as a number above 0 and at most 86400, e.g. 1.0"
+    )
+    backoff_max: float = Field(
+        300.0, gt=0, le=MAX_BACKOFF_SECONDS, description="seconds as a number above 0 and at most 86400, e.g. 300"
+    )
+    # batches delivered at once (a batch's stores already overlap)
+    concurrency: int = Field(1, ge=1, le=256, description="a whole number from 1 to 256")
+    # messages handed to a sink's store_batch at once
+    batch_size: int = Field(64, ge=1, le=10_000, description="a whole number from 1 to 10000")
     # The pipeline runs in a process of its own (mailpipe.pipeline_process),
     # at this CPU priority: "idle" runs it on what intake leaves free; "auto"
     # is "idle" with SMTP worker processes (serve --workers N), else "normal".
-    own_process: bool = True
-    cpu_priority: str = "auto"
+    own_process: bool = Field(True, description="true or false (without quotes)")
+    cpu_priority: Literal["auto", "idle", "normal"] = Field(
+        "auto",
+        description="'auto' (the default: 'idle' with SMTP worker processes, else 'normal'), "
+        "'idle' (archiving waits for CPU that intake leaves free) or 'normal'",
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "PipelineConfig":
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max:g}) must not be below backoff_initial ({self.backoff_initial:g})"
+            )
+        return self
 
 
-CPU_PRIORITIES = ("auto", "idle", "normal")
+class PluginsConfig(_Section):
+    allow: NameList | None = Field(None, description='a list of plugin names, e.g. ["smtp_o365", "filesystem"]')
+    block: NameList = Field((), description='a list of plugin names, e.g. ["imap"]')
 
 
-@dataclass(frozen=True)
-class PluginsConfig:
-    allow: tuple[str, ...] | None = None
-    block: tuple[str, ...] = ()
+class SinkTable(BaseModel):
+    """The host's keys of a ``[[sinks]]`` table; the others go to the sink type."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Name = Field(description='the name of an installed sink type, e.g. "filesystem"')
+    name: Name | None = Field(None, description='a name as a string, e.g. "archive"')
+    required: bool = Field(True, description="true or false (without quotes)")
+
+
+class ConfigFile(BaseModel):
+    """The whole file: which tables exist, each checked by its section model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    server: ServerConfig = ServerConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    sinks: list[SinkTable] | None = None
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "server": ServerConfig,
+    "smtp": SmtpConfig,
+    "pipeline": PipelineConfig,
+    "plugins": PluginsConfig,
+    "sinks": SinkTable,
+}
 
 
 @dataclass(frozen=True)
@@ -92,19 +248,37 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load the config named by ``path``, ``MAILPIPE_CONFIG``, or the default."""
+    """Load the config named by ``path``, ``MAILPIPE_CONFIG``, or the default.
+
+    Reads only: nothing is created on disk, whatever the outcome."""
     chosen = path or os.environ.get("MAILPIPE_CONFIG")
     if chosen:
         file = Path(chosen)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                f"config file {str(file)!r} does not exist; "
-                "pass --config with an existing file or unset MAILPIPE_CONFIG"
-            ) from None
-        return parse_config(text, base=file.resolve().parent, source=str(file))
+        return parse_config(_read_text(file), base=file.resolve().parent, source=str(file))
     return parse_config(DEFAULT_CONFIG_TEXT, base=Path.cwd(), source="embedded default")
+
+
+def _read_text(file: Path) -> str:
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(file)!r} does not exist; "
+            "pass --config with an existing file or unset MAILPIPE_CONFIG"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(file)!r} is a directory; pass --config the path of a TOML file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(file)!r} cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ConfigError(
+            f"config file {str(file)!r} is not UTF-8 text (byte 0x{data[error.start]:02x} at line {line}, "
+            f"column {column}); TOML files must be UTF-8: save it in that encoding"
+        ) from None
 
 
 def parse_config(text: str, base: Path, source: str) -> Config:
@@ -112,44 +286,63 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from None
-    known = {"server", "smtp", "pipeline", "plugins", "sinks"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown section(s) {', '.join(unknown)}; "
-            f"known sections are {', '.join(sorted(known))}"
-        )
-    server = _table(raw, "server", source)
-    data_dir = _path(base, server.get("data_dir", "var"))
-    sinks = raw.get("sinks", [{"type": "filesystem", "path": str(data_dir / "archive")}])
-    if not isinstance(sinks, list) or not all(isinstance(s, dict) for s in sinks):
-        raise ConfigError(f"{source}: [[sinks]] must be a list of tables")
-    resolved_sinks = []
-    for index, sink in enumerate(sinks):
-        if "type" not in sink:
-            raise ConfigError(f"{source}: sink #{index + 1} has no 'type'")
-        sink = dict(sink)
-        sink.setdefault("name", sink["type"] if index == 0 else f"{sink['type']}-{index + 1}")
-        if not isinstance(sink.get("required", True), bool):
-            raise ConfigError(
-                f"{source}: sink {sink['name']!r}: required must be true or false (without quotes)"
-            )
-        resolved_sinks.append(sink)
-    names = [s["name"] for s in resolved_sinks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{source}: sink names must be unique; repeated: {', '.join(duplicates)}")
+    try:
+        checked = ConfigFile.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError("\n".join(describe_problems(error, raw, source))) from None
+    data_dir = _path(base, checked.server.data_dir)
+    _require_directory_path(data_dir, source)
+    smtp = checked.smtp
+    resolved_tls = {key: str(_path(base, getattr(smtp, key))) for key in ("tls_cert", "tls_key") if getattr(smtp, key)}
     return Config(
         data_dir=data_dir,
         config_dir=base,
-        smtp=_smtp(_table(raw, "smtp", source), base, source),
-        pipeline=_pipeline(_table(raw, "pipeline", source), source),
-        plugins=_plugins(_table(raw, "plugins", source)),
-        sinks=tuple(resolved_sinks),
+        smtp=smtp.model_copy(update=resolved_tls),
+        pipeline=checked.pipeline,
+        plugins=checked.plugins,
+        sinks=_sink_tables(checked.sinks, data_dir, source),
         source=source,
-        log_level=str(server.get("log_level", "INFO")).upper(),
+        log_level=checked.server.log_level,
         raw=raw,
     )
+
+
+def _sink_tables(tables: list[SinkTable] | None, data_dir: Path, source: str) -> tuple[dict[str, Any], ...]:
+    if tables is None:
+        return ({"type": "filesystem", "path": str(data_dir / "archive"), "name": "filesystem"},)
+    if not tables:
+        raise ConfigError(f"{source}: sinks = [] leaves mail nowhere to go; add a [[sinks]] table")
+    resolved = []
+    for index, table in enumerate(tables):
+        sink = table.model_dump(exclude_unset=True) | dict(table.model_extra or {})
+        sink.setdefault("name", _default_sink_name(table.type, index))
+        resolved.append(sink)
+    names = [sink["name"] for sink in resolved]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{source}: sink names must be unique; repeated: {', '.join(duplicates)}")
+    return tuple(resolved)
+
+
+def _default_sink_name(sink_type: Any, index: int) -> Any:
+    """The first sink is named after its type, the others get their position too."""
+    if not isinstance(sink_type, str):
+        return None
+    return sink_type if index == 0 else f"{sink_type}-{index + 1}"
+
+
+def _require_directory_path(data_dir: Path, source: str) -> None:
+    """``data_dir`` must be a directory or creatable as one: neither it nor
+    any parent may be a file (checked here, before anything is created)."""
+    for candidate in (data_dir, *data_dir.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is" if candidate == data_dir else f"is under {str(candidate)!r}, which is"
+                raise ConfigError(
+                    f"{source}: [server] data_dir must be a directory, but {str(data_dir)!r} {what} a file; "
+                    "point data_dir at a directory (it is created if missing)"
+                )
+            return
 
 
 def resolve_path(config: Config, value: str) -> Path:
@@ -161,60 +354,88 @@ def _path(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: [{name}] must be a table")
-    return value
+# --- one sentence per problem -------------------------------------------------
 
 
-def _smtp(table: dict[str, Any], base: Path, source: str) -> SmtpConfig:
-    table = dict(table)
-    if "accepted_domains" in table:
-        table["accepted_domains"] = tuple(d.lower() for d in table["accepted_domains"])
-    for key in ("tls_cert", "tls_key"):
-        if table.get(key):
-            table[key] = str(_path(base, table[key]))
-    config = _dataclass_from(SmtpConfig, table, source, "smtp")
-    if config.disabled_reply not in ("tempfail", "reject"):
-        raise ConfigError(
-            f"{source}: [smtp] disabled_reply must be 'tempfail' (451, the default) or 'reject' (550)"
-        )
-    if config.bare_lf not in ("accept", "reject"):
-        raise ConfigError(f"{source}: [smtp] bare_lf must be 'accept' or 'reject'")
-    if bool(config.tls_cert) != bool(config.tls_key):
-        raise ConfigError(f"{source}: [smtp] tls_cert and tls_key go together; set both or neither")
-    if config.require_tls and not config.tls_cert:
-        raise ConfigError(f"{source}: [smtp] require_tls needs tls_cert and tls_key")
-    return config
+def describe_problems(error: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
+    """Each pydantic error as a sentence naming the file, the key (``[section]
+    key``), the value given and what is allowed; one per key."""
+    sentences: list[str] = []
+    seen: set[tuple[Any, ...]] = set()
+    for problem in error.errors(include_url=False):
+        loc = problem["loc"]
+        # A union (listen: str | list) reports each alternative; the key is
+        # what the operator needs, once.
+        key_path = loc[:3] if loc and loc[0] == "sinks" else loc[:2]
+        if key_path in seen:
+            continue
+        seen.add(key_path)
+        sentences.append(f"{source}: {_sentence(problem, loc, raw)}")
+    return sentences
 
 
-def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
-    config = _dataclass_from(PipelineConfig, table, source, "pipeline")
-    if config.cpu_priority not in CPU_PRIORITIES:
-        raise ConfigError(
-            f"{source}: [pipeline] cpu_priority must be 'auto' (the default: 'idle' with SMTP worker "
-            "processes, else 'normal'), 'idle' (archiving waits for CPU that intake leaves free) or 'normal'"
-        )
-    if not isinstance(config.own_process, bool):
-        raise ConfigError(f"{source}: [pipeline] own_process must be true or false (without quotes)")
-    return config
+def _sentence(problem: Any, loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    kind = problem["type"]
+    section = str(loc[0]) if loc else ""
+    if not loc:
+        return "the file must hold TOML tables such as [server], [smtp] and [[sinks]]"
+    if len(loc) == 1:
+        if kind == "extra_forbidden":
+            return f"unknown section [{section}]{_did_you_mean(section, SECTIONS)}; known sections are " + ", ".join(
+                f"[{name}]" for name in SECTIONS if name != "sinks"
+            ) + " and [[sinks]]"
+        if section == "sinks":
+            return f"[[sinks]] must be one or more [[sinks]] tables (double brackets), not {_show(raw.get(section))}"
+        if kind == "value_error":
+            return f"[{section}] {_reason(problem)}"
+        return f"[{section}] must be a table ([{section}] on a line of its own, then key = value lines), " \
+            f"not {_show(raw.get(section))}"
+    if section == "sinks":
+        return _sink_sentence(problem, loc, raw)
+    key = str(loc[1])
+    value = raw.get(section, {}).get(key)
+    return _key_sentence(problem, f"[{section}] {key}", key, value, SECTIONS[section])
 
 
-def _plugins(table: dict[str, Any]) -> PluginsConfig:
-    allow = table.get("allow")
-    return PluginsConfig(
-        allow=tuple(allow) if allow is not None else None,
-        block=tuple(table.get("block", ())),
-    )
+def _sink_sentence(problem: Any, loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    index = int(loc[1])
+    table = raw["sinks"][index]
+    label = f"sink #{index + 1}"
+    if isinstance(table, dict):
+        name = table.get("name", _default_sink_name(table.get("type"), index))
+        if isinstance(name, str) and name:
+            label = f"sink {name!r}"
+    if len(loc) == 2:
+        return f"{label} must be a [[sinks]] table of key = value lines, not {_show(table)}"
+    key = str(loc[2])
+    if problem["type"] == "missing":
+        return f"{label} has no 'type'; add type = \"filesystem\" (or another installed sink type)"
+    return _key_sentence(problem, f"{label}: {key}", key, table.get(key), SinkTable)
 
 
-def _dataclass_from(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
-    fields = cls.__dataclass_fields__
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) in [{section}]: {', '.join(unknown)}; "
-            f"known keys are {', '.join(sorted(fields))}"
-        )
-    return cls(**table)
+def _key_sentence(problem: Any, where: str, key: str, value: Any, model: type[BaseModel]) -> str:
+    if problem["type"] == "extra_forbidden":
+        known = [name for name in model.model_fields]
+        return f"unknown key {where}{_did_you_mean(key, known)}; known keys are {', '.join(known)}"
+    if problem["type"] == "value_error":
+        return f"{where} = {_show(value)}: {_reason(problem)}"
+    allowed = model.model_fields[key].description
+    return f"{where} must be {allowed}, not {_show(value)}"
+
+
+def _reason(problem: Any) -> str:
+    error = (problem.get("ctx") or {}).get("error")
+    return str(error) if error is not None else problem["msg"]
+
+
+def _did_you_mean(word: str, known: Any) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    """The value as the operator wrote it in TOML (near enough)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)

@@ -13,6 +13,7 @@ key behind, and it must be able to say which data_dir it looked at
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,7 +28,7 @@ from mailpipe.plugin_host import PluginHost, load_plugins
 from mailpipe.secrets import KEY_ENV, PREFIX, SecretBox
 from mailpipe.spool import Spool
 from mailpipe.store import SQLiteStore
-from mailpipe.types import SinkContext
+from mailpipe.types import SinkContext, SinkType
 
 #: Keys of a [[sinks]] table that belong to the host, not to the sink type.
 HOST_SINK_KEYS = {"type", "name", "required"}
@@ -58,6 +59,7 @@ class Runtime:
     ) -> "Runtime":
         config = config or load_config(config_path)
         host = load_plugins(config.plugins)
+        build_sink_slots(config, host)  # each sink type checks its own keys before anything is created
         state: StateKind = "existing" if config.state_db.exists() else ("created" if create else "none")
         if create:
             config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,24 +84,11 @@ class Runtime:
         return state_context(self.config, self.state)
 
     def build_sinks(self) -> list[SinkSlot]:
-        slots = [self.build_sink(table) for table in self.config.sinks]
-        if not any(slot.required for slot in slots):
-            raise ConfigError(
-                f"{self.config.source}: every sink is optional; mark at least one "
-                "`required = true` or mail would leave the spool unstored"
-            )
-        return slots
+        return build_sink_slots(self.config, self.host)
 
     def build_sink(self, table: dict[str, Any]) -> SinkSlot:
         """One ``[[sinks]]`` table's sink (also what a SIGHUP reload rebuilds)."""
-        context = SinkContext(data_dir=str(self.config.data_dir), config_dir=str(self.config.config_dir))
-        sink_type = self.host.sink_type(table["type"])
-        settings = {k: v for k, v in table.items() if k not in HOST_SINK_KEYS}
-        try:
-            sink = sink_type.factory(table["name"], settings, context)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"{self.config.source}: sink {table['name']!r}: {error}") from None
-        return SinkSlot(table["name"], sink, bool(table.get("required", True)))
+        return build_sink_slot(self.config, self.host, table)
 
     def close(self) -> None:
         self.store.close()
@@ -146,3 +135,44 @@ class MissingKeyBox(SecretBox):
             f"there is no secret key: {self._where} does not exist and {KEY_ENV} is not set; "
             "restore the key the secrets were written with"
         )
+
+
+def build_sink_slots(config: Config, host: PluginHost) -> list[SinkSlot]:
+    """Each ``[[sinks]]`` table built by its type's factory, which checks the
+    type's own keys; ``mailpipe config check`` runs this too, so a sink's
+    mistake is found before the server starts."""
+    slots = [build_sink_slot(config, host, table) for table in config.sinks]
+    if not any(slot.required for slot in slots):
+        raise ConfigError(
+            f"{config.source}: every sink is optional; mark at least one "
+            "`required = true` or mail would leave the spool unstored"
+        )
+    return slots
+
+
+def build_sink_slot(config: Config, host: PluginHost, table: dict[str, Any]) -> SinkSlot:
+    """One ``[[sinks]]`` table's sink (also what a SIGHUP reload rebuilds)."""
+    context = SinkContext(data_dir=str(config.data_dir), config_dir=str(config.config_dir))
+    sink_type = host.sink_type(table["type"])
+    settings = {k: v for k, v in table.items() if k not in HOST_SINK_KEYS}
+    try:
+        sink = sink_type.factory(table["name"], settings, context)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{config.source}: sink {table['name']!r}: {error}") from None
+    _refuse_undeclared_keys(config, table["name"], sink_type, settings)
+    return SinkSlot(table["name"], sink, bool(table.get("required", True)))
+
+
+def _refuse_undeclared_keys(config: Config, name: str, sink_type: SinkType, settings: dict[str, Any]) -> None:
+    """A key the sink type does not declare is a typo the factory may not
+    catch (``fsynk = false`` would silently keep the default)."""
+    declared = [setting.name for setting in sink_type.settings]
+    unknown = sorted(set(settings) - set(declared))
+    if not declared or not unknown:
+        return
+    hints = [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(key, declared, n=1)) else key
+             for key in unknown]
+    raise ConfigError(
+        f"{config.source}: sink {name!r}: unknown key(s) {', '.join(hints)}; "
+        f"the {sink_type.name} sink's keys are {', '.join(sorted(HOST_SINK_KEYS | set(declared)))}"
+    )

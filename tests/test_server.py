@@ -78,6 +78,9 @@ def test_crash_after_acknowledgement_loses_nothing(tmp_path: Path) -> None:
     blocked = tmp_path / "archive"
     blocked.write_text("a file where the archive directory should be: the sink fails")
     config = write_config(tmp_path)
+    # Enough attempts that the message is still queued, not quarantined, however
+    # long the machine takes between the first failure and the kill.
+    config.write_text(config.read_text().replace("backoff_max = 0.5", "backoff_max = 0.5\nmax_attempts = 100000"))
     maildir = make_maildir(tmp_path / "maildir")
     connection_id = add_maildir_connection(config, maildir)
     cli(config, "connections", "enable", connection_id, check=True)

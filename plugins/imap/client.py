@@ -62,6 +62,11 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _PLAIN_GREETING = (b"* OK", b"* PREAUTH", b"* BYE")
+#: OpenSSL's reasons when the peer's first bytes are not a TLS record: a
+#: plain-text protocol (an SMTP or POP3 banner, an HTTP error page) answered.
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
+)
 
 MIN_RECURSION_LIMIT = 50_000
 if sys.getrecursionlimit() < MIN_RECURSION_LIMIT:
@@ -714,11 +719,21 @@ async def describe_connect_failure(error: BaseException, settings: ImapSettings)
     if isinstance(error, (ssl.SSLError, ConnectionResetError)) or (
         isinstance(error, OSError) and "SSL" in str(error)
     ):
-        if await speaks_plain_imap(settings.server, settings.port, min(settings.timeout, 5.0)):
+        greeting = await plain_greeting(settings.server, settings.port, min(settings.timeout, 5.0))
+        if greeting.startswith(_PLAIN_GREETING):
             return ConnectFailed(
                 f"the server does not speak TLS on this port: {where} answered in plain IMAP. "
                 "mailpipe connects with implicit TLS only (IMAPS), so the password is never sent "
                 "in clear; use the server's IMAPS port (usually 993)"
+            )
+        # A TLS server never speaks first: a greeting, or bytes that are not
+        # a TLS record, mean another protocol listens on this port.
+        if greeting or getattr(error, "reason", None) in _NOT_TLS_REASONS:
+            said = greeting.split(b"\r\n")[0].split(b"\n")[0].decode("ascii", "replace")
+            return ConnectFailed(
+                f"the server does not speak TLS on this port: {where} answered with something else"
+                + (f" ({said!r})" if said else "")
+                + "; mailpipe connects with implicit TLS only (IMAPS): use the server's IMAPS port (usually 993)"
             )
         reason = getattr(error, "reason", None) or str(error)
         return ConnectFailed(f"TLS handshake with {where} failed: {reason}")
@@ -730,16 +745,17 @@ async def describe_connect_failure(error: BaseException, settings: ImapSettings)
     return ConnectFailed(f"cannot connect to {where}: {getattr(error, 'strerror', None) or error}")
 
 
-async def speaks_plain_imap(host: str, port: int, timeout: float) -> bool:
-    """Whether the port greets in clear text (``* OK ...``): the usual
-    mistake of pointing an implicit-TLS client at port 143 or a plain port."""
+async def plain_greeting(host: str, port: int, timeout: float) -> bytes:
+    """What the port says before the client says anything (``* OK ...`` for
+    plain IMAP, ``220 ...`` for SMTP); empty when it says nothing within
+    ``timeout``. The usual mistake behind it: an implicit-TLS client
+    pointed at port 143 or at another service."""
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        greeting = await asyncio.wait_for(reader.read(64), timeout)
+        return await asyncio.wait_for(reader.read(64), timeout)
     except (OSError, asyncio.TimeoutError):
-        return False
+        return b""
     finally:
         if writer is not None:
             writer.close()
-    return greeting.startswith(_PLAIN_GREETING)
