@@ -74,18 +74,23 @@ def _report_errors(args: argparse.Namespace, errors: list[str]) -> int:
 
 
 def effective_config(config: Config, host: PluginHost) -> dict[str, Any]:
-    """What the server would run with: defaults filled in, paths absolute, secrets masked."""
+    """What the server would run with: defaults filled in, paths absolute, secrets masked,
+    with the ``config`` / ``data_dir`` / ``state`` keys every command's JSON has."""
+    from mailpipe.runtime import state_context
+
     return {
-        "config": config.source,
-        "server": {
-            "data_dir": str(config.data_dir),
-            "data_dir_exists": config.data_dir.is_dir(),
-            "log_level": config.log_level,
+        **state_context(config),
+        "effective": {
+            "server": {
+                "data_dir": str(config.data_dir),
+                "data_dir_exists": config.data_dir.is_dir(),
+                "log_level": config.log_level,
+            },
+            "smtp": _listed(config.smtp.model_dump()),
+            "pipeline": config.pipeline.model_dump(),
+            "plugins": _listed(config.plugins.model_dump()),
+            "sinks": [effective_sink(config, table, host.sink_types.get(table["type"])) for table in config.sinks],
         },
-        "smtp": _listed(config.smtp.model_dump()),
-        "pipeline": config.pipeline.model_dump(),
-        "plugins": _listed(config.plugins.model_dump()),
-        "sinks": [effective_sink(config, table, host.sink_types.get(table["type"])) for table in config.sinks],
     }
 
 
@@ -124,9 +129,11 @@ def _listed(section: dict[str, Any]) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in section.items()}
 
 
-def as_toml(effective: dict[str, Any]) -> str:
+def as_toml(output: dict[str, Any]) -> str:
     """The effective config as TOML the server would accept (unset keys as comments)."""
-    header = [f"# effective config from {effective['config']}: defaults filled in, secrets masked"]
+    source = output["config"] or "the embedded default"
+    effective = output["effective"]
+    header = [f"# effective config from {source}: defaults filled in, secrets masked"]
     if not effective["server"]["data_dir_exists"]:
         header.append("# data_dir does not exist yet; `mailpipe serve` creates it")
     blocks = ["\n".join(header)]

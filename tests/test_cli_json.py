@@ -21,7 +21,7 @@ EXAMPLE = re.compile(r"^```json\n(.*?)^```", re.M | re.S)
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TIMESTAMP_KEY = re.compile(r"(_at|^created|^updated|^status_time)$")
 #: Values that a connection type, a sink or an intake defines: only their kind is checked.
-FREE_FORM = {"settings", "metadata", "arrivals"}
+FREE_FORM = {"settings", "metadata", "arrivals", "effective"}
 CONTEXT_KEYS = {"config", "data_dir", "state"}
 
 
@@ -69,6 +69,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "sinks list": ["sinks", "list"],
         "sinks test": ["sinks", "test"],
         "sinks test NAME": ["sinks", "test", "filesystem"],
+        "config check": ["config", "check"],
         "connections delete ID": ["connections", "delete", connection_id],
     }
     documented_json = {heading for heading, example in documented().items() if example is not None}

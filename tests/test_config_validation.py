@@ -180,12 +180,12 @@ def test_good_config_check_shows_effective_values_and_creates_nothing(tmp_path: 
     result = cli(config, "config", "check", check=True)
     data = result.json
     assert data["config"] == str(config)
-    assert data["server"] == {"data_dir": str(tmp_path / "data"), "data_dir_exists": False, "log_level": "INFO"}
-    assert data["smtp"]["max_message_size"] == 150 * 1024 * 1024
-    assert data["smtp"]["accepted_domains"] == ["contoso.com"]
-    assert data["smtp"]["proxy_protocol"] is False  # a default, filled in
-    assert data["pipeline"]["max_attempts"] == 8 and data["pipeline"]["backoff_initial"] == 0.05
-    assert data["sinks"] == [
+    assert data["effective"]["server"] == {"data_dir": str(tmp_path / "data"), "data_dir_exists": False, "log_level": "INFO"}
+    assert data["effective"]["smtp"]["max_message_size"] == 150 * 1024 * 1024
+    assert data["effective"]["smtp"]["accepted_domains"] == ["contoso.com"]
+    assert data["effective"]["smtp"]["proxy_protocol"] is False  # a default, filled in
+    assert data["effective"]["pipeline"]["max_attempts"] == 8 and data["effective"]["pipeline"]["backoff_initial"] == 0.05
+    assert data["effective"]["sinks"] == [
         {
             "type": "filesystem", "name": "filesystem", "required": True,
             "path": str(tmp_path / "archive"), "fsync": True, "link_from_spool": True,
