@@ -52,6 +52,9 @@ class PipelineConfig:
     max_attempts: int = 8
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    # How long a message waits for a sink that is unavailable (an outage, not
+    # a bad message) before it is quarantined: seconds, or "7d", "12h", "30m".
+    outage_retry_for: float = 7 * 86400.0
     concurrency: int = 1  # batches delivered at once (a batch's stores already overlap)
     batch_size: int = 64  # messages handed to a sink's store_batch at once
     # The pipeline runs in a process of its own (mailpipe.pipeline_process),
@@ -190,6 +193,9 @@ def _smtp(table: dict[str, Any], base: Path, source: str) -> SmtpConfig:
 
 
 def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
+    table = dict(table)
+    if "outage_retry_for" in table:
+        table["outage_retry_for"] = _duration(table["outage_retry_for"], f"{source}: [pipeline] outage_retry_for")
     config = _dataclass_from(PipelineConfig, table, source, "pipeline")
     if config.cpu_priority not in CPU_PRIORITIES:
         raise ConfigError(
@@ -199,6 +205,22 @@ def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
     if not isinstance(config.own_process, bool):
         raise ConfigError(f"{source}: [pipeline] own_process must be true or false (without quotes)")
     return config
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any, where: str) -> float:
+    """Seconds from a number or a text such as "90s", "30m", "12h", "7d"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    text = str(value).strip().lower()
+    try:
+        if text and text[-1] in DURATION_UNITS and float(text[:-1]) > 0:
+            return float(text[:-1]) * DURATION_UNITS[text[-1]]
+    except ValueError:
+        pass
+    raise ConfigError(f'{where} must be a positive number of seconds or a duration like "7d", "12h", "30m"; got {value!r}')
 
 
 def _plugins(table: dict[str, Any]) -> PluginsConfig:

@@ -25,6 +25,7 @@ filesystem, or links refused) the bytes are copied.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -39,11 +40,15 @@ import anyio.to_thread
 
 from mailpipe import hookimpl
 from mailpipe.durability import SYNCFS, sync_filesystem_of
-from mailpipe.pipeline import store_each
+from mailpipe.errors import MessageRejected, SinkUnavailable
+from mailpipe.pipeline import Failure, store_each
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
 
 log = logging.getLogger("mailpipe.sinks.filesystem")
+
+#: Errors that say "this file cannot be stored here" rather than "the disk is unwell".
+REJECTING_ERRNOS = {errno.ENAMETOOLONG, errno.EFBIG}
 
 #: Facts that describe one arrival rather than the message itself.
 ARRIVAL_KEYS = (
@@ -89,19 +94,34 @@ class FilesystemSink:
     # --- storing -----------------------------------------------------------
 
     async def store(self, message: SpooledMessage) -> None:
-        await anyio.to_thread.run_sync(self._store, message)
+        try:
+            await anyio.to_thread.run_sync(self._store, message)
+        except OSError as error:
+            raise self.classified(error) from error
 
-    async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+    async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, Failure]:
         """Store many messages with one pair of filesystem syncs (see
         mailpipe.durability); returns ``{spool id: error}`` for failures."""
         if SYNCFS is None or not self.fsync:
             return await store_each(self, messages)
-        return await anyio.to_thread.run_sync(self._store_batch, messages)
+        try:
+            return await anyio.to_thread.run_sync(self._store_batch, messages)
+        except OSError as error:  # the batch's rename or sync: nothing of it is stored
+            raise self.classified(error) from error
 
-    def _store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+    def classified(self, error: OSError) -> Exception:
+        """The sink contract's two failures: a name or a file this filesystem
+        refuses is the message's problem; anything else (full, read-only,
+        permissions, I/O errors) is the archive's, and mail waits for it."""
+        text = f"cannot write under {self.root}: {error}"
+        if error.errno in REJECTING_ERRNOS:
+            return MessageRejected(text)
+        return SinkUnavailable(text)
+
+    def _store_batch(self, messages: list[SpooledMessage]) -> dict[str, Failure]:
         # Plain strings for paths here: pathlib's objects cost more than the
         # file-system calls they name, at thousands of messages a second.
-        errors: dict[str, str] = {}
+        errors: dict[str, Failure] = {}
         renames: list[tuple[str, str]] = []
         planned_json: dict[str, dict[str, Any]] = {}
         planned_eml: set[str] = set()
@@ -140,7 +160,7 @@ class FilesystemSink:
                         planned_json[meta_path] = merged
                 except OSError as error:
                     self._made_directories.clear()  # someone may have removed them
-                    errors[message.id] = f"cannot write under {self.root}: {error}"
+                    errors[message.id] = self.classified(error)
             for meta_path, merged in planned_json.items():
                 renames.append((self._write_temporary(meta_path, [encode_metadata(merged)]), meta_path))
             if sync_before_renames:
