@@ -43,6 +43,11 @@ class SmtpConfig:
     tls_key: str | None = None
     require_tls: bool = False
     max_line_length: int = 0  # 0: no limit beyond the message size
+    # Concurrent connections (mailpipe.smtp.limits): over a limit, 421 4.7.0.
+    # 0 for the total: what the open-files limit allows; 0 per client: none.
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+    idle_timeout: float = 300.0  # seconds of silence, in commands or within DATA
     bare_lf: str = "accept"  # or "reject"
     hostname: str = ""
 

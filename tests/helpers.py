@@ -81,10 +81,14 @@ def cli(config: Path | None, *args: str, env: dict[str, str] | None = None, chec
 class ServerProcess:
     """``mailpipe serve`` in a subprocess; its JSON log lines are collected."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+        preexec_fn: Any = None,
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.args = args
+        self.preexec_fn = preexec_fn  # e.g. to lower a resource limit of the server
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
@@ -98,6 +102,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             text=True,
             env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
