@@ -88,6 +88,7 @@ class Config:
     sinks: tuple[dict[str, Any], ...]
     source: str
     log_level: str = "INFO"
+    group: str | None = None  # [server] group: may read the archive (mailpipe.permissions)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,6 +157,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         sinks=tuple(resolved_sinks),
         source=source,
         log_level=str(server.get("log_level", "INFO")).upper(),
+        group=str(server["group"]) if server.get("group") else None,
         raw=raw,
     )
 

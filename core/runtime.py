@@ -12,6 +12,7 @@ from typing import Any
 from mailpipe.config import Config, load_config
 from mailpipe.connections import ConnectionService
 from mailpipe.errors import ConfigError
+from mailpipe.permissions import group_id, secure_data_dir
 from mailpipe.pipeline import SinkSlot
 from mailpipe.plugin_host import PluginHost, load_plugins
 from mailpipe.secrets import SecretBox
@@ -37,7 +38,7 @@ class Runtime:
     def open(cls, config_path: str | None = None, config: Config | None = None) -> "Runtime":
         config = config or load_config(config_path)
         host = load_plugins(config.plugins)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(config.data_dir, group_id(config.group))
         store = SQLiteStore(config.state_db)
         box = SecretBox.for_data_dir(config.data_dir)
         service = ConnectionService(config, host, store, box)
@@ -45,7 +46,9 @@ class Runtime:
         return cls(config, host, store, box, service, spool)
 
     def build_sinks(self) -> list[SinkSlot]:
-        context = SinkContext(data_dir=str(self.config.data_dir), config_dir=str(self.config.config_dir))
+        context = SinkContext(
+            data_dir=str(self.config.data_dir), config_dir=str(self.config.config_dir), group=self.config.group
+        )
         slots = []
         for table in self.config.sinks:
             sink_type = self.host.sink_type(table["type"])

@@ -95,6 +95,7 @@ class SinkType:
 class SinkContext:
     data_dir: str
     config_dir: str
+    group: str | None = None  # [server] group: may read what the sink writes locally
 
 
 class Status(str, enum.Enum):

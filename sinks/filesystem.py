@@ -41,6 +41,7 @@ import anyio.to_thread
 from mailpipe import hookimpl
 from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.errors import MessageRejected, SinkUnavailable
+from mailpipe.permissions import group_id, secure_directory
 from mailpipe.pipeline import Failure, store_each
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
@@ -90,6 +91,8 @@ class FilesystemSink:
         self._root_text = str(self.root)
         self._made_directories: set[str] = set()
         self._linking = bool(settings.get("link_from_spool", True))
+        self._group = context.group
+        self._root_secured = False
 
     # --- storing -----------------------------------------------------------
 
@@ -193,10 +196,25 @@ class FilesystemSink:
     def _stem(self, connection_id: str, sha256: str) -> str:
         """``<root>/<connection>/<sha256[:2]>/<sha256>``, its directory made."""
         directory = f"{self._root_text}/{_safe(connection_id)}/{sha256[:2]}"
+        if not self._root_secured:
+            self._secure_root()
         if directory not in self._made_directories:
             os.makedirs(directory, exist_ok=True)
             self._made_directories.add(directory)
         return f"{directory}/{sha256}"
+
+    def _secure_root(self) -> None:
+        """Owner-only (or the configured group's) archive root, made once per
+        process; what is created below inherits it (mailpipe.permissions)."""
+        try:
+            secure_directory(self.root, group_id(self._group))
+        except PermissionError as error:  # a root owned by someone else: store anyway, say so
+            self.root.mkdir(parents=True, exist_ok=True)
+            log.warning(
+                "cannot set the archive directory's permissions; check who may read it",
+                extra={"path": self._root_text, "error": str(error)},
+            )
+        self._root_secured = True
 
     def _eml_path(self, connection_id: str, sha256: str) -> Path:
         return Path(self._stem(connection_id, sha256) + ".eml")
