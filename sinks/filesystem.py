@@ -92,7 +92,8 @@ class FilesystemSink:
         self._made_directories: set[str] = set()
         self._linking = bool(settings.get("link_from_spool", True))
         self._group = context.group
-        self._root_secured = False
+        self._root_prepared = False
+        self._prepare_lock = threading.Lock()
 
     # --- storing -----------------------------------------------------------
 
@@ -196,25 +197,37 @@ class FilesystemSink:
     def _stem(self, connection_id: str, sha256: str) -> str:
         """``<root>/<connection>/<sha256[:2]>/<sha256>``, its directory made."""
         directory = f"{self._root_text}/{_safe(connection_id)}/{sha256[:2]}"
-        if not self._root_secured:
-            self._secure_root()
+        if not self._root_prepared:
+            self._prepare_root()
         if directory not in self._made_directories:
             os.makedirs(directory, exist_ok=True)
             self._made_directories.add(directory)
         return f"{directory}/{sha256}"
 
-    def _secure_root(self) -> None:
-        """Owner-only (or the configured group's) archive root, made once per
-        process; what is created below inherits it (mailpipe.permissions)."""
-        try:
-            secure_directory(self.root, group_id(self._group))
-        except PermissionError as error:  # a root owned by someone else: store anyway, say so
-            self.root.mkdir(parents=True, exist_ok=True)
-            log.warning(
-                "cannot set the archive directory's permissions; check who may read it",
-                extra={"path": self._root_text, "error": str(error)},
-            )
-        self._root_secured = True
+    def _prepare_root(self) -> None:
+        """Once per process, before its first write: an owner-only (or the
+        configured group's) archive root, and no temporary files left by a
+        process killed mid-write (only this process writes the archive, and
+        it has written nothing yet)."""
+        with self._prepare_lock:
+            if self._root_prepared:
+                return
+            try:
+                secure_directory(self.root, group_id(self._group))
+            except PermissionError as error:  # a root owned by someone else: store anyway, say so
+                self.root.mkdir(parents=True, exist_ok=True)
+                log.warning(
+                    "cannot set the archive directory's permissions; check who may read it",
+                    extra={"path": self._root_text, "error": str(error)},
+                )
+            removed = 0
+            for leftover in self.root.glob("*/??/.*.tmp"):
+                unlink_if_present(leftover)
+                removed += 1
+            if removed:
+                log.info("removed temporary files an interrupted write left in the archive",
+                         extra={"path": self._root_text, "count": removed})
+            self._root_prepared = True
 
     def _eml_path(self, connection_id: str, sha256: str) -> Path:
         return Path(self._stem(connection_id, sha256) + ".eml")
