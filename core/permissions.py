@@ -18,11 +18,14 @@ An existing archive is not walked (it may hold millions of files):
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import stat
 from pathlib import Path
 
 from mailpipe.errors import ConfigError
+
+log = logging.getLogger("mailpipe.permissions")
 
 PRIVATE_UMASK = 0o077
 GROUP_UMASK = 0o027
@@ -89,11 +92,22 @@ def restrict(path: Path, gid: int | None, allowed: int | None = None) -> None:
 
 
 def secure_data_dir(data_dir: Path, gid: int | None) -> None:
-    """At start: the umask, the data directory, and what already lies in it."""
+    """At start: the umask, the data directory, and what already lies in it.
+
+    A directory that belongs to someone else (a data_dir made by root for the
+    service) cannot be changed: mailpipe says so and runs on, since its own
+    files are private by the umask anyway."""
     apply_umask(gid)
-    secure_directory(data_dir, gid)
-    for entry in os.scandir(data_dir):
-        restrict(Path(entry.path), gid)
-    spool = data_dir / "spool"
-    if spool.is_dir():
-        restrict_tree(spool, gid)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        secure_directory(data_dir, gid)
+        for entry in os.scandir(data_dir):
+            restrict(Path(entry.path), gid)
+        spool = data_dir / "spool"
+        if spool.is_dir():
+            restrict_tree(spool, gid)
+    except PermissionError as error:
+        log.warning(
+            "cannot set the permissions of the data directory or a file in it; check who may read it",
+            extra={"path": str(data_dir), "error": str(error)},
+        )

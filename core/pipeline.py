@@ -34,6 +34,7 @@ from anyio.abc import TaskStatus
 
 from mailpipe.config import PipelineConfig
 from mailpipe.errors import MessageRejected, SinkUnavailable
+from mailpipe.logs import ConditionLog
 from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
 from mailpipe.types import Sink
 
@@ -77,6 +78,9 @@ class Pipeline:
         self._wakeup = anyio.Event()
         self.delivered = 0
         self.quarantined = 0
+        # An outage fails every waiting message again and again: one line a
+        # minute per failing sink set, not one per message and retry.
+        self._outage_log = ConditionLog(log)
         spool.subscribe(self._on_new)
 
     # --- scheduling --------------------------------------------------------
@@ -247,16 +251,18 @@ class Pipeline:
         delay = self.retry_delay(state.attempts)
         state.next_attempt = now + delay
         await anyio.to_thread.run_sync(self.spool.save_state, message.id, state)
-        log.warning(
-            "sink unavailable; will retry" if outage else "sink failed; will retry",
-            extra={
-                "spool_id": message.id,
-                "attempt": state.attempts,
-                "outage": outage,
-                "retry_in_seconds": round(delay, 3),
-                "error": state.last_error,
-            },
-        )
+        facts = {
+            "spool_id": message.id,
+            "attempt": state.attempts,
+            "outage": outage,
+            "retry_in_seconds": round(delay, 3),
+            "error": state.last_error,
+        }
+        if outage:
+            condition = "sink_unavailable:" + ",".join(sorted(errors))
+            self._outage_log.warn(condition, "sink unavailable; will retry", **facts)
+        else:
+            log.warning("sink failed; will retry", extra=facts)
         self._schedule(message.id, state.next_attempt)
 
     def retry_delay(self, attempts: int) -> float:

@@ -22,38 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import time
 from collections import Counter
 from typing import Any, Callable
+
+from mailpipe.logs import ConditionLog
 
 log = logging.getLogger("mailpipe.smtp")
 
 #: Descriptors kept for the spool, the state database, logs and the pipeline
 #: when the total connection limit is derived from the open-files limit.
 FD_RESERVE = 128
-#: Seconds between two log lines about one ongoing condition.
-CONDITION_LOG_INTERVAL = 60.0
-
-
-class ConditionLog:
-    """One warning when a condition starts, then at most one per interval
-    saying how often it happened meanwhile."""
-
-    def __init__(self, interval: float = CONDITION_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warn(self, condition: str, message: str, **extra: Any) -> None:
-        now = self.clock()
-        last = self._last.get(condition)
-        if last is not None and now - last < self.interval:
-            self._suppressed[condition] += 1
-            return
-        self._last[condition] = now
-        repeats = self._suppressed.pop(condition, 0)
-        log.warning(message, extra={"condition": condition, "repeated_since_last_line": repeats, **extra})
 
 
 class ConnectionLimits:
@@ -62,7 +40,7 @@ class ConnectionLimits:
     def __init__(self, total: int = 0, per_client: int = 0, conditions: ConditionLog | None = None) -> None:
         self.total = total
         self.per_client = per_client
-        self.conditions = conditions or ConditionLog()
+        self.conditions = conditions or ConditionLog(log)
         self.open = 0
         self.by_client: Counter[str] = Counter()
 

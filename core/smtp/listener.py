@@ -29,8 +29,8 @@ from mailpipe.config import SmtpConfig
 from mailpipe.errors import ConfigError
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.addresses import ListenAddress, parse_listen
+from mailpipe.logs import ConditionLog
 from mailpipe.smtp.limits import (
-    ConditionLog,
     ConnectionLimits,
     quiet_accept_errors,
     raise_open_files_limit,
@@ -72,7 +72,7 @@ async def serve_smtp(
     _require_asyncio()
     addresses = parse_listen(settings.listen)
     open_files = raise_open_files_limit()
-    conditions = ConditionLog()
+    conditions = ConditionLog(log)
     # Behind a PROXY-protocol balancer every TCP peer is the balancer: a
     # per-client count would count the balancer, so only the total applies.
     per_client = 0 if settings.proxy_protocol else settings.max_connections_per_client
