@@ -70,7 +70,18 @@ async def test_an_outage_longer_than_outage_retry_for_quarantines(tmp_path: Path
     assert [m.id for m in spool.pending(QUARANTINE)] == [message.id]
 
 
-def test_a_rejection_wins_over_an_outage_in_the_same_delivery() -> None:
+async def test_a_rejection_wins_over_an_outage_in_the_same_delivery(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    down = FlakySink("down", failures=99, error=SinkUnavailable)
+    picky = FlakySink("picky", failures=99)
+    pipeline = Pipeline(spool, [SinkSlot("down", down), SinkSlot("picky", picky)], TIGHT)
+    message = await spool.write_bytes(b"x", {})
+    for _ in range(3):
+        await pipeline.process(message.id)
+    assert [m.id for m in spool.pending(QUARANTINE)] == [message.id]
+
+
+def test_bare_error_texts_count_as_the_messages() -> None:
     assert is_outage(SinkUnavailable("down")) and not is_outage(MessageRejected("bad"))
     assert not is_outage("a bare error text from a third-party store_batch")
 
