@@ -74,7 +74,28 @@ def _list_as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> Any:
+    """Seconds from a number or a text such as "90s", "30m", "12h", "7d"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return value  # left to the type check
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        try:
+            seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
+        except (KeyError, IndexError, ValueError):
+            raise ValueError('must be a positive number of seconds or a duration such as "7d", "12h", "30m"') from None
+    if seconds <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return seconds
+
+
 Name = Annotated[str, Field(min_length=1)]
+Duration = Annotated[float, BeforeValidator(_duration)]
 DomainName = Annotated[str, BeforeValidator(_domain_name)]
 NameList = Annotated[tuple[Name, ...], BeforeValidator(_list_as_tuple)]
 DomainList = Annotated[tuple[DomainName, ...], BeforeValidator(_list_as_tuple)]
@@ -91,6 +112,8 @@ class ServerConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="one of " + ", ".join(f'"{level}"' for level in LOG_LEVELS)
     )
+    # The group that may read the archive and data (0640/0750); none: owner only.
+    group: str | None = Field(None, min_length=1, description='the name of an existing group, e.g. "archive-readers"')
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -118,6 +141,13 @@ class SmtpConfig(_Section):
     require_tls: bool = Field(False, description="true or false (without quotes)")
     max_line_length: int = Field(
         0, ge=0, description=f"0 (no limit beyond the message size) or a whole number of at least {MIN_LINE_LENGTH}"
+    )
+    # Concurrent connections (mailpipe.smtp.limits): over a limit, 421 4.7.0.
+    # 0 for the total: what the open-files limit allows; 0 per client: none.
+    max_connections: int = Field(1000, ge=0, description="a whole number, 0 (as many as open files allow) or more")
+    max_connections_per_client: int = Field(100, ge=0, description="a whole number, 0 (no limit) or more")
+    idle_timeout: float = Field(
+        300.0, gt=0, le=MAX_BACKOFF_SECONDS, description="seconds of silence (in commands or within DATA), e.g. 300"
     )
     bare_lf: Literal["accept", "reject"] = Field("accept", description="'accept' or 'reject'")
     hostname: str = Field("", description="empty (this machine's name) or " + DOMAIN_RULE)
@@ -166,6 +196,11 @@ class PipelineConfig(_Section):
     )
     backoff_max: float = Field(
         300.0, gt=0, le=MAX_BACKOFF_SECONDS, description="seconds as a number above 0 and at most 86400, e.g. 300"
+    )
+    # How long a message waits for a sink that is unavailable (an outage, not
+    # a bad message) before it is quarantined: seconds, or "7d", "12h", "30m".
+    outage_retry_for: Duration = Field(
+        7 * 86400.0, description='a positive number of seconds or a duration such as "7d", "12h", "30m", "90s"'
     )
     # batches delivered at once (a batch's stores already overlap)
     concurrency: int = Field(1, ge=1, le=256, description="a whole number from 1 to 256")
@@ -236,6 +271,7 @@ class Config:
     sinks: tuple[dict[str, Any], ...]
     source: str
     log_level: str = "INFO"
+    group: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -303,6 +339,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         sinks=_sink_tables(checked.sinks, data_dir, source),
         source=source,
         log_level=checked.server.log_level,
+        group=checked.server.group,
         raw=raw,
     )
 

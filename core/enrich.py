@@ -1,7 +1,11 @@
 """Facts parsed from a spooled message before it goes to the sinks.
 
 Parsing is best effort: the bytes are the evidence, so a message that
-cannot be parsed is archived with a warning, never held back.
+cannot be parsed is archived with a warning, never held back. Parse work
+per message is bounded (mailpipe.journal.MAX_PARTS_WALKED), so one
+pathological message cannot hold the messages behind it in its batch; a
+bounded parse is recorded as ``"facts": "partial"`` with ``"facts_partial"``
+saying why.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ def journal_facts(message: SpooledMessage) -> dict[str, Any]:
     from mailpipe.journal import parse_journal_report
 
     facts = parse_journal_report(message.path)
-    return {"journal": facts} if facts is not None else {}
+    if facts is None:
+        return {}
+    partial = facts.pop("partial", None)
+    if partial:
+        return {"journal": facts, "facts": "partial", "facts_partial": partial}
+    return {"journal": facts}
 
 
 def default_enrichers() -> list:

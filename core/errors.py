@@ -45,3 +45,25 @@ def _leaves(group: BaseExceptionGroup) -> list[MailpipeError]:
     for error in group.exceptions:
         found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])  # type: ignore[list-item]
     return found
+
+
+# --- the sink contract: which failure is which --------------------------------
+#
+# The pipeline must tell "the store is down" (wait, however long the outage
+# lasts) from "the store refuses this message" (retry a few times, then
+# quarantine it for a person). A sink says which by the exception it raises;
+# see docs/sinks.md, "Failures: unavailable or rejected".
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot store anything now: connection refused, timeout, 5xx,
+    throttling, or a configuration only the operator can fix (access denied,
+    missing bucket, a full or read-only disk). The pipeline keeps the message
+    and retries with capped, jittered backoff for ``[pipeline]
+    outage_retry_for``; this never counts toward ``max_attempts``."""
+
+
+class MessageRejected(Exception):
+    """The sink refuses this message itself (too large for the store, a name
+    or argument it will not accept). Counts toward ``[pipeline]
+    max_attempts``; then the message is quarantined."""

@@ -47,6 +47,11 @@ _RECIPIENT_KINDS = {"to": "To", "cc": "Cc", "bcc": "Bcc", "recipient": "Recipien
 _EXAMPLE_LENGTH = 80
 # Damage is reported for this many top-level parts at most, to bound memory.
 _MAX_PARTS_CHECKED = 100
+#: A report has three or four parts; a "report" with thousands is damage or an
+#: attack, and walking all of them (a header parse each) held the pipeline for
+#: 46 s on a 35 MB message of empty parts. Past this many the walk stops and
+#: the facts are marked partial; the bytes are archived whole regardless.
+MAX_PARTS_WALKED = 1000
 
 
 def journal_format(headers: Message) -> str | None:
@@ -175,7 +180,14 @@ def _find_parts(
         return root, [root]
     seen = [root]
     text_part = None
-    for part in walk:
+    for walked, part in enumerate(walk, start=2):
+        if walked > MAX_PARTS_WALKED:
+            report["partial"] = (
+                f"the report has more than {MAX_PARTS_WALKED} MIME parts; only the first "
+                f"{MAX_PARTS_WALKED} were read (a journal report has three or four)"
+            )
+            _warn(report, f"The journal report has more than {MAX_PARTS_WALKED} MIME parts; the rest were not read.")
+            break
         if len(seen) < _MAX_PARTS_CHECKED:
             seen.append(part)
         if part.is_message:

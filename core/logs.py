@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections import Counter
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -63,3 +66,40 @@ def set_level(level: str) -> None:
 
 def current_level() -> str:
     return logging.getLevelName(logging.getLogger().level)
+
+
+#: Seconds between two log lines about one ongoing condition.
+CONDITION_LOG_INTERVAL = 60.0
+#: Conditions remembered at once (e.g. one per flooding client address).
+CONDITION_LIMIT = 10_000
+
+
+class ConditionLog:
+    """One warning when a condition starts, then at most one per interval
+    saying how often it happened meanwhile: a flood or an outage that lasts
+    days writes a line a minute, not one per event."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = CONDITION_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warn(self, condition: str, message: str, **extra: Any) -> None:
+        now = self.clock()
+        last = self._last.get(condition)
+        if last is not None and now - last < self.interval:
+            self._suppressed[condition] += 1
+            return
+        if len(self._last) >= CONDITION_LIMIT:
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[condition] = now
+        repeats = self._suppressed.pop(condition, 0)
+        self.logger.warning(message, extra={"condition": condition, "repeated_since_last_line": repeats, **extra})

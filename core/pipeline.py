@@ -3,9 +3,15 @@
 Rules:
 - a message leaves the spool only when every *required* sink confirmed;
   an *optional* sink may fail without holding the others back;
-- a failure is retried with exponential backoff; after ``max_attempts``
-  failures the message moves to the quarantine with its reason, from which
-  ``mailpipe spool retry`` brings it back;
+- a failure is retried with capped exponential backoff and full jitter (so
+  a store that comes back is not hit by every waiting message at once);
+- the sink says what failed (mailpipe.errors): an *unavailable* sink (an
+  outage: refused, timed out, throttled, misconfigured) is waited for as
+  long as ``outage_retry_for`` (days by default) and never costs the message
+  an attempt; a *rejected* message, or any error the sink does not classify,
+  counts toward ``max_attempts``, after which the message moves to the
+  quarantine with its reason, from which ``mailpipe spool retry`` brings it
+  back;
 - progress is recorded per sink beside the message, so after a restart a
   sink that already confirmed is not asked again (sinks are idempotent
   anyway).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,12 +33,16 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from mailpipe.config import PipelineConfig
+from mailpipe.errors import MessageRejected, SinkUnavailable
+from mailpipe.logs import ConditionLog
 from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
 from mailpipe.types import Sink
 
 log = logging.getLogger("mailpipe.pipeline")
 
 Enricher = Callable[[SpooledMessage], dict[str, Any]]
+#: What a sink reports for one message it could not store.
+Failure = BaseException | str
 RESCAN_SECONDS = 1.0
 BATCH_PATIENCE_SECONDS = 0.005
 
@@ -67,6 +78,9 @@ class Pipeline:
         self._wakeup = anyio.Event()
         self.delivered = 0
         self.quarantined = 0
+        # An outage fails every waiting message again and again: one line a
+        # minute per failing sink set, not one per message and retry.
+        self._outage_log = ConditionLog(log)
         spool.subscribe(self._on_new)
 
     # --- scheduling --------------------------------------------------------
@@ -165,7 +179,7 @@ class Pipeline:
         loaded = await anyio.to_thread.run_sync(self._load_and_enrich, spool_ids)
         for spool_id in set(spool_ids) - {m.id for m, _ in loaded}:
             self._known.discard(spool_id)  # delivered by another worker, or retried away
-        errors: dict[str, dict[str, str]] = {}
+        errors: dict[str, dict[str, Failure]] = {}
 
         async def deliver(slot: SinkSlot) -> None:
             todo = [m for m, state in loaded if slot.name not in state.stored_in]
@@ -173,13 +187,13 @@ class Pipeline:
             for message, state in loaded:
                 if message in todo and message.id not in failed:
                     state.stored_in.append(slot.name)
-            for spool_id, text in failed.items():
+            for spool_id, failure in failed.items():
                 if slot.required:
-                    errors.setdefault(spool_id, {})[slot.name] = text
+                    errors.setdefault(spool_id, {})[slot.name] = failure
                 else:
                     log.warning(
                         "optional sink failed; the message is not held back for it",
-                        extra={"spool_id": spool_id, "sink": slot.name, "error": text},
+                        extra={"spool_id": spool_id, "sink": slot.name, "error": describe(failure)},
                     )
 
         async with anyio.create_task_group() as group:
@@ -220,37 +234,59 @@ class Pipeline:
         for message, state in delivered:
             self.spool.remove(message.id, has_state=state.on_disk)
 
-    async def _failed(self, message: SpooledMessage, state: Any, errors: dict[str, str]) -> None:
+    async def _failed(self, message: SpooledMessage, state: Any, errors: dict[str, Failure]) -> None:
         state.attempts += 1
-        state.last_error = "; ".join(f"sink {name}: {text}" for name, text in errors.items())
-        if state.attempts >= self.settings.max_attempts:
-            state.quarantined_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            await anyio.to_thread.run_sync(self.spool.save_state, message.id, state)
-            await anyio.to_thread.run_sync(self.spool.move, message.id, QUEUE, QUARANTINE)
-            self._known.discard(message.id)
-            self.quarantined += 1
-            log.error(
-                "message quarantined after repeated sink failures; fix the sink, then "
-                "`mailpipe spool retry`",
-                extra={"spool_id": message.id, "attempts": state.attempts, "error": state.last_error},
-            )
+        state.last_error = "; ".join(f"sink {name}: {describe(failure)}" for name, failure in errors.items())
+        now = time.time()
+        outage = all(is_outage(failure) for failure in errors.values())
+        if outage:
+            state.outage_since = state.outage_since or now
+            give_up = now - state.outage_since >= self.settings.outage_retry_for
+        else:
+            state.message_failures += 1
+            give_up = state.message_failures >= self.settings.max_attempts
+        if give_up:
+            await self._quarantine(message, state, outage)
             return
-        delay = min(
-            self.settings.backoff_max,
-            self.settings.backoff_initial * (2 ** (state.attempts - 1)),
-        )
-        state.next_attempt = time.time() + delay
+        delay = self.retry_delay(state.attempts)
+        state.next_attempt = now + delay
         await anyio.to_thread.run_sync(self.spool.save_state, message.id, state)
-        log.warning(
-            "sink failed; will retry",
-            extra={
-                "spool_id": message.id,
-                "attempt": state.attempts,
-                "retry_in_seconds": round(delay, 3),
-                "error": state.last_error,
-            },
-        )
+        facts = {
+            "spool_id": message.id,
+            "attempt": state.attempts,
+            "outage": outage,
+            "retry_in_seconds": round(delay, 3),
+            "error": state.last_error,
+        }
+        if outage:
+            condition = "sink_unavailable:" + ",".join(sorted(errors))
+            self._outage_log.warn(condition, "sink unavailable; will retry", **facts)
+        else:
+            log.warning("sink failed; will retry", extra=facts)
         self._schedule(message.id, state.next_attempt)
+
+    def retry_delay(self, attempts: int) -> float:
+        """Capped exponential backoff with full jitter: a random wait up to the
+        exponential bound, never under ``backoff_initial`` (so a long queue
+        spreads its retries instead of arriving together at a recovering store)."""
+        initial, cap = self.settings.backoff_initial, self.settings.backoff_max
+        bound = min(cap, initial * 2 ** min(attempts - 1, 64))
+        return random.uniform(min(initial, bound), bound)
+
+    async def _quarantine(self, message: SpooledMessage, state: Any, outage: bool) -> None:
+        state.quarantined_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        await anyio.to_thread.run_sync(self.spool.save_state, message.id, state)
+        await anyio.to_thread.run_sync(self.spool.move, message.id, QUEUE, QUARANTINE)
+        self._known.discard(message.id)
+        self.quarantined += 1
+        if outage:
+            text = (
+                "message quarantined: its sink stayed unavailable longer than [pipeline] "
+                "outage_retry_for; fix the sink, then `mailpipe spool retry`"
+            )
+        else:
+            text = "message quarantined after repeated sink failures; fix the sink, then `mailpipe spool retry`"
+        log.error(text, extra={"spool_id": message.id, "attempts": state.attempts, "error": state.last_error})
 
     def _enrich(self, message: SpooledMessage) -> None:
         """Add parsed facts to the metadata handed to the sinks.
@@ -267,8 +303,8 @@ class Pipeline:
                 )
 
 
-async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str, str]:
-    """Store in one sink; returns ``{spool id: error text}`` for the failures."""
+async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str, Failure]:
+    """Store in one sink; returns ``{spool id: failure}`` for the failures."""
     if not messages:
         return {}
     store_batch = getattr(slot.sink, "store_batch", None)
@@ -276,21 +312,21 @@ async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str
         try:
             return dict(await store_batch(messages))
         except Exception as error:
-            return {m.id: _describe(error) for m in messages}
+            return {m.id: error for m in messages}
     return await store_each(slot.sink, messages)
 
 
-async def store_each(sink: Sink, messages: list[SpooledMessage]) -> dict[str, str]:
+async def store_each(sink: Sink, messages: list[SpooledMessage]) -> dict[str, Failure]:
     """One ``store`` call per message, all at once (a sink bounds its own
     concurrency, as the S3 sink does with ``max_concurrency``); returns
-    ``{spool id: error text}``."""
-    failed: dict[str, str] = {}
+    ``{spool id: exception}``."""
+    failed: dict[str, Failure] = {}
 
     async def store(message: SpooledMessage) -> None:
         try:
             await sink.store(message)
         except Exception as error:
-            failed[message.id] = _describe(error)
+            failed[message.id] = error
 
     async with anyio.create_task_group() as group:
         for message in messages:
@@ -298,8 +334,18 @@ async def store_each(sink: Sink, messages: list[SpooledMessage]) -> dict[str, st
     return failed
 
 
-def _describe(error: Exception) -> str:
-    return str(error) or type(error).__name__
+def describe(failure: Failure) -> str:
+    return failure if isinstance(failure, str) else (str(failure) or type(failure).__name__)
+
+
+def is_outage(failure: Failure) -> bool:
+    """True when the sink is unavailable (the message waits out the outage);
+    False when the message is to blame: rejected, or an error no sink
+    classified (counted toward max_attempts, as a bug in one message's
+    handling must not hold it forever)."""
+    if isinstance(failure, MessageRejected):
+        return False
+    return isinstance(failure, (SinkUnavailable, ConnectionError, TimeoutError))
 
 
 def retry_quarantined(spool: Spool, spool_ids: list[str] | None = None) -> list[str]:
@@ -311,6 +357,7 @@ def retry_quarantined(spool: Spool, spool_ids: list[str] | None = None) -> list[
             raise KeyError(spool_id)
         state = spool.state(spool_id, QUARANTINE)
         state.attempts, state.next_attempt, state.quarantined_at = 0, 0.0, None
+        state.message_failures, state.outage_since = 0, None
         spool.save_state(spool_id, state, QUARANTINE)
         spool.move(spool_id, QUARANTINE, QUEUE)
         moved.append(spool_id)

@@ -67,7 +67,7 @@ class FileRecycler:
             except OSError:
                 unlink_if_present(path)
                 break
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), False
 
     def release(self, path: str | Path) -> None:
         """``path`` is no longer needed: keep it for reuse, or delete it.

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from mailpipe.config import Config, load_config
 from mailpipe.connections import ConnectionService
 from mailpipe.errors import ConfigError, SecretKeyError
+from mailpipe.permissions import apply_umask, group_id, secure_data_dir
 from mailpipe.pipeline import SinkSlot
 from mailpipe.plugin_host import PluginHost, load_plugins
 from mailpipe.secrets import KEY_ENV, PREFIX, SecretBox
@@ -62,7 +63,9 @@ class Runtime:
         build_sink_slots(config, host)  # each sink type checks its own keys before anything is created
         state: StateKind = "existing" if config.state_db.exists() else ("created" if create else "none")
         if create:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            secure_data_dir(config.data_dir, group_id(config.group))
+        else:
+            apply_umask(group_id(config.group))
         store = SQLiteStore(EMPTY_STORE if state == "none" else config.state_db)
         box = SecretBox.for_data_dir(config.data_dir) if create or _key_exists(config) else MissingKeyBox(config)
         service = ConnectionService(config, host, store, box)
@@ -152,7 +155,7 @@ def build_sink_slots(config: Config, host: PluginHost) -> list[SinkSlot]:
 
 def build_sink_slot(config: Config, host: PluginHost, table: dict[str, Any]) -> SinkSlot:
     """One ``[[sinks]]`` table's sink (also what a SIGHUP reload rebuilds)."""
-    context = SinkContext(data_dir=str(config.data_dir), config_dir=str(config.config_dir))
+    context = SinkContext(data_dir=str(config.data_dir), config_dir=str(config.config_dir), group=config.group)
     sink_type = host.sink_type(table["type"])
     settings = {k: v for k, v in table.items() if k not in HOST_SINK_KEYS}
     try:

@@ -80,7 +80,11 @@ class SpooledMessage:
 class DeliveryState:
     """Per-message progress: which sinks confirmed, how often it failed."""
 
-    attempts: int = 0
+    attempts: int = 0  # every failed delivery
+    # Failures blamed on the message (rejected, or an unknown error): these
+    # count toward max_attempts. Outages do not (mailpipe.pipeline).
+    message_failures: int = 0
+    outage_since: float | None = None  # first failure of the current outage
     stored_in: list[str] = field(default_factory=list)
     next_attempt: float = 0.0
     last_error: str = ""

@@ -10,6 +10,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
 
+# The sink contract's two failures, importable beside the Sink protocol.
+from mailpipe.errors import MessageRejected, SinkUnavailable  # noqa: F401
+
 if TYPE_CHECKING:
     from mailpipe.spool import SpooledMessage
 
@@ -55,7 +58,18 @@ class ConnectionType:
 
 class Sink(Protocol):
     """What a sink object must do. ``store`` is idempotent: storing the same
-    message twice (a retry after a crash) leaves one copy."""
+    message twice (a retry after a crash) leaves one copy.
+
+    A failing ``store`` says why by what it raises:
+    :class:`SinkUnavailable` ("I cannot store anything now": retried for as
+    long as ``[pipeline] outage_retry_for`` allows, never quarantined before)
+    or :class:`MessageRejected` ("this message is bad for me": counts toward
+    ``[pipeline] max_attempts``, then quarantine). Any other exception counts
+    as a message problem too, except ``ConnectionError`` and
+    ``TimeoutError``, which mean unavailable. An optional ``store_batch``
+    returns ``{spool id: exception or error text}`` for the messages it could
+    not store (a bare text counts as a message problem).
+    """
 
     name: str
 
@@ -81,6 +95,7 @@ class SinkType:
 class SinkContext:
     data_dir: str
     config_dir: str
+    group: str | None = None  # [server] group: may read what the sink writes locally
 
 
 class Status(str, enum.Enum):

@@ -25,6 +25,7 @@ filesystem, or links refused) the bytes are copied.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -39,11 +40,16 @@ import anyio.to_thread
 
 from mailpipe import hookimpl
 from mailpipe.durability import SYNCFS, sync_filesystem_of
-from mailpipe.pipeline import store_each
+from mailpipe.errors import MessageRejected, SinkUnavailable
+from mailpipe.permissions import group_id, secure_directory
+from mailpipe.pipeline import Failure, store_each
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.types import Setting, SinkContext, SinkType, TestResult
 
 log = logging.getLogger("mailpipe.sinks.filesystem")
+
+#: Errors that say "this file cannot be stored here" rather than "the disk is unwell".
+REJECTING_ERRNOS = {errno.ENAMETOOLONG, errno.EFBIG}
 
 #: Facts that describe one arrival rather than the message itself.
 ARRIVAL_KEYS = (
@@ -85,23 +91,41 @@ class FilesystemSink:
         self._root_text = str(self.root)
         self._made_directories: set[str] = set()
         self._linking = bool(settings.get("link_from_spool", True))
+        self._group = context.group
+        self._root_prepared = False
+        self._prepare_lock = threading.Lock()
 
     # --- storing -----------------------------------------------------------
 
     async def store(self, message: SpooledMessage) -> None:
-        await anyio.to_thread.run_sync(self._store, message)
+        try:
+            await anyio.to_thread.run_sync(self._store, message)
+        except OSError as error:
+            raise self.classified(error) from error
 
-    async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+    async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, Failure]:
         """Store many messages with one pair of filesystem syncs (see
         mailpipe.durability); returns ``{spool id: error}`` for failures."""
         if SYNCFS is None or not self.fsync:
             return await store_each(self, messages)
-        return await anyio.to_thread.run_sync(self._store_batch, messages)
+        try:
+            return await anyio.to_thread.run_sync(self._store_batch, messages)
+        except OSError as error:  # the batch's rename or sync: nothing of it is stored
+            raise self.classified(error) from error
 
-    def _store_batch(self, messages: list[SpooledMessage]) -> dict[str, str]:
+    def classified(self, error: OSError) -> Exception:
+        """The sink contract's two failures: a name or a file this filesystem
+        refuses is the message's problem; anything else (full, read-only,
+        permissions, I/O errors) is the archive's, and mail waits for it."""
+        text = f"cannot write under {self.root}: {error}"
+        if error.errno in REJECTING_ERRNOS:
+            return MessageRejected(text)
+        return SinkUnavailable(text)
+
+    def _store_batch(self, messages: list[SpooledMessage]) -> dict[str, Failure]:
         # Plain strings for paths here: pathlib's objects cost more than the
         # file-system calls they name, at thousands of messages a second.
-        errors: dict[str, str] = {}
+        errors: dict[str, Failure] = {}
         renames: list[tuple[str, str]] = []
         planned_json: dict[str, dict[str, Any]] = {}
         planned_eml: set[str] = set()
@@ -140,7 +164,7 @@ class FilesystemSink:
                         planned_json[meta_path] = merged
                 except OSError as error:
                     self._made_directories.clear()  # someone may have removed them
-                    errors[message.id] = f"cannot write under {self.root}: {error}"
+                    errors[message.id] = self.classified(error)
             for meta_path, merged in planned_json.items():
                 renames.append((self._write_temporary(meta_path, [encode_metadata(merged)]), meta_path))
             if sync_before_renames:
@@ -173,10 +197,37 @@ class FilesystemSink:
     def _stem(self, connection_id: str, sha256: str) -> str:
         """``<root>/<connection>/<sha256[:2]>/<sha256>``, its directory made."""
         directory = f"{self._root_text}/{_safe(connection_id)}/{sha256[:2]}"
+        if not self._root_prepared:
+            self._prepare_root()
         if directory not in self._made_directories:
             os.makedirs(directory, exist_ok=True)
             self._made_directories.add(directory)
         return f"{directory}/{sha256}"
+
+    def _prepare_root(self) -> None:
+        """Once per process, before its first write: an owner-only (or the
+        configured group's) archive root, and no temporary files left by a
+        process killed mid-write (only this process writes the archive, and
+        it has written nothing yet)."""
+        with self._prepare_lock:
+            if self._root_prepared:
+                return
+            try:
+                secure_directory(self.root, group_id(self._group))
+            except PermissionError as error:  # a root owned by someone else: store anyway, say so
+                self.root.mkdir(parents=True, exist_ok=True)
+                log.warning(
+                    "cannot set the archive directory's permissions; check who may read it",
+                    extra={"path": self._root_text, "error": str(error)},
+                )
+            removed = 0
+            for leftover in self.root.glob("*/??/.*.tmp"):
+                unlink_if_present(leftover)
+                removed += 1
+            if removed:
+                log.info("removed temporary files an interrupted write left in the archive",
+                         extra={"path": self._root_text, "count": removed})
+            self._root_prepared = True
 
     def _eml_path(self, connection_id: str, sha256: str) -> Path:
         return Path(self._stem(connection_id, sha256) + ".eml")

@@ -24,7 +24,10 @@ boto3 blocks: every call runs in a worker thread, at most
 ``max_concurrency`` at once, on one shared client (boto3 clients are
 thread-safe). Throttling, 5xx and connection errors are retried by botocore
 (``max_attempts``) and then by the pipeline, while the message stays in the
-spool.
+spool: they, and refusals only the operator can fix (access denied, no such
+bucket, bad credentials), are raised as ``SinkUnavailable`` (an outage, never
+a quarantine); a 4xx about the message itself as ``MessageRejected``
+(``s3_errors.failure_class``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from mailpipe.sinks.s3_errors import (
     S3SinkError,
     Where,
     explain,
+    failure_class,
     is_code,
 )
 from mailpipe.sinks.s3_layout import (
@@ -158,7 +162,8 @@ class S3Sink:
         except S3SinkError:
             raise
         except (ClientError, BotoCoreError) as error:
-            raise S3SinkError(f"sink {self.name!r}: {explain(error, action, self.where(), key)}") from error
+            kind = failure_class(error)
+            raise kind(f"sink {self.name!r}: {explain(error, action, self.where(), key)}") from error
 
     # --- storing ---------------------------------------------------------------
 

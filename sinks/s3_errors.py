@@ -14,14 +14,17 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
+    ConnectionError as BotocoreConnectionError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
     ReadTimeoutError,
 )
 
-from mailpipe.errors import MailpipeError
+from mailpipe.errors import MailpipeError, MessageRejected, SinkUnavailable
 
 PRECONDITION_CODES = {"PreconditionFailed", "412"}
 CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
@@ -40,6 +43,45 @@ class S3SinkError(MailpipeError):
 
 class IntegrityError(S3SinkError):
     """The bytes read or stored do not match the spool's SHA-256."""
+
+
+class S3Unavailable(S3SinkError, SinkUnavailable):
+    """The store is down, slow, throttling or refusing our configuration: an
+    outage for the pipeline, never a reason to quarantine mail."""
+
+
+class S3Rejected(S3SinkError, MessageRejected):
+    """The store refuses this message's request itself (a 4xx about it)."""
+
+
+#: Answers that mean "not now" or "not with this configuration": the
+#: operator (or time) fixes them, not the message.
+UNAVAILABLE_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "RequestTimeTooSkewed", "ServiceUnavailable", "InternalError",
+    "AccessDenied", "AllAccessDisabled", "Forbidden", "NoSuchBucket", "PermanentRedirect",
+    "AuthorizationHeaderMalformed", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+    "ExpiredToken", "TokenRefreshRequired", "AccountProblem", "NotImplemented", "InvalidBucketState",
+    "KMS.NotFoundException", "KMS.DisabledException", "KMSNotFound", "KMS.KMSInvalidStateException",
+}
+UNAVAILABLE_STATUSES = {301, 307, 401, 403, 408, 429}
+
+
+def failure_class(error: BaseException) -> type[S3SinkError]:
+    """Which side of the sink contract a boto3 error is on (mailpipe.errors)."""
+    if isinstance(error, (BotocoreConnectionError, HTTPClientError, NoCredentialsError, PartialCredentialsError)):
+        return S3Unavailable  # connection refused or cut, timeouts, no credentials
+    if isinstance(error, ParamValidationError):
+        return S3Rejected  # botocore refused to build the request for this message
+    if isinstance(error, ClientError):
+        code, status = error_code(error), http_status(error)
+        if code in UNAVAILABLE_CODES or "KMS" in code or status >= 500 or status in UNAVAILABLE_STATUSES:
+            return S3Unavailable
+        if code == "InvalidRequest" and "ObjectLock" in str(error):
+            return S3Unavailable  # the bucket lacks Object Lock: configuration
+        if 400 <= status < 500:
+            return S3Rejected  # InvalidArgument, EntityTooLarge, KeyTooLongError, ...
+    return S3SinkError  # unclassified: counts toward max_attempts
 
 
 @dataclass(frozen=True)

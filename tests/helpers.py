@@ -18,6 +18,12 @@ from typing import Any
 
 from peers.process import free_port as free_port  # tests import it from here
 
+import anyio
+
+from mailpipe.errors import MessageRejected
+from mailpipe.spool import SpooledMessage
+from mailpipe.types import TestResult
+
 MAILPIPE = [sys.executable, "-m", "mailpipe.cli"]
 
 
@@ -75,10 +81,14 @@ def cli(config: Path | None, *args: str, env: dict[str, str] | None = None, chec
 class ServerProcess:
     """``mailpipe serve`` in a subprocess; its JSON log lines are collected."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+        preexec_fn: Any = None,
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.args = args
+        self.preexec_fn = preexec_fn  # e.g. to lower a resource limit of the server
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
@@ -92,6 +102,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             text=True,
             env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -164,3 +175,56 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, me
 
 def archived_files(archive: Path) -> list[Path]:
     return sorted(p for p in archive.glob("*/??/*.eml"))
+
+
+class FlakySink:
+    """Fails ``failures`` times (refusing the message, by default), then stores in memory."""
+
+    def __init__(self, name: str = "flaky", failures: int = 0, error: type[Exception] = MessageRejected) -> None:
+        self.name = name
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+        self.stored: dict[str, bytes] = {}
+
+    async def store(self, message: SpooledMessage) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error(f"{self.name} is down (call {self.calls})")
+        self.stored[message.id] = message.path.read_bytes()
+
+    async def test(self) -> TestResult:
+        return TestResult(ok=True)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def with_pipeline(config: Path, **settings: Any) -> Path:
+    """write_config already has a [pipeline] table; add keys to it."""
+    text = config.read_text()
+    lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    config.write_text(text.replace("[pipeline]\n", f"[pipeline]\n{lines}", 1))
+    return config
+
+
+def spool_messages(config: Path, count: int, tag: str = "m") -> list[str]:
+    """Put committed messages into the server's spool, as the SMTP listener would."""
+    from mailpipe.runtime import Runtime
+
+    runtime = Runtime.open(str(config))
+
+    async def write() -> list[str]:
+        ids = []
+        for index in range(count):
+            raw = f"Subject: {tag}{index}\r\nMessage-ID: <{tag}{index}@test>\r\n\r\nbody {index}\r\n".encode()
+            message = await runtime.spool.write_bytes(
+                raw, {"connection_id": "conn1", "connection_type": "smtp_o365", "provenance": "smtp"}
+            )
+            ids.append(message.id)
+        return ids
+
+    try:
+        return anyio.run(write)
+    finally:
+        runtime.close()

@@ -99,3 +99,19 @@ async def test_store_batch_is_exact_and_merges_arrivals_within_a_batch(tmp_path:
     assert entries[f"c1/{digest}"].eml_path.read_bytes() == ODD
     assert len(entries[f"c1/{digest}"].metadata["arrivals"]) == 2
     assert not [p for p in (tmp_path / "archive").rglob("*.tmp")]
+
+
+async def test_temporary_files_of_a_killed_writer_are_removed_before_the_first_write(tmp_path: Path) -> None:
+    """Issue 11, item 7: a kill -9 mid-write left `.NAME.json.XXXX.tmp` files for ever."""
+    archive = tmp_path / "archive"
+    leftovers = [archive / "c1" / "ab" / ".abcdef.json.0011aabb.tmp", archive / "c2" / "0f" / ".0f12.eml.99887766.tmp"]
+    for leftover in leftovers:
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"cut short")
+    kept = archive / "c1" / "ab" / "abcdef.json"
+    kept.write_text("{}")
+    sink = FilesystemSink("fs", {"path": str(archive)}, SinkContext(str(tmp_path), str(tmp_path)))
+    message = await Spool(tmp_path / "spool").write_bytes(b"Subject: x\r\n\r\ny\r\n", {"connection_id": "c1"})
+    await sink.store(message)
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert kept.exists() and len(list(archive.glob("*/??/*.eml"))) == 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ServerProcess, cli, smtp_port_of, wait_until, write_config
+from helpers import ServerProcess, cli, smtp_port_of, spool_messages, wait_until, with_pipeline, write_config
 
 pytestmark = pytest.mark.peer
 
@@ -72,7 +72,7 @@ def test_outage_keeps_mail_spooled_and_delivers_each_once(moto_s3: Any, tmp_path
             message="no delivery was attempted and failed during the outage",
         )
         assert queued and all("cannot reach the S3 endpoint" in r["reason"] for r in queued)
-        server.wait_for_log("sink failed; will retry")
+        server.wait_for_log("sink unavailable; will retry")
         assert cli(config, "spool", "list", "--quarantine", check=True).json["messages"] == []
 
         moto_s3.start()  # the store is back on the same port
@@ -90,3 +90,34 @@ def test_outage_keeps_mail_spooled_and_delivers_each_once(moto_s3: Any, tmp_path
     expected = {hashlib.sha256(raw).hexdigest() for raw in sent}
     stored = {key.rsplit("/", 1)[1][: -len(".eml")] for key in counts if key.endswith(".eml")}
     assert stored == expected
+
+
+def test_an_outage_longer_than_max_attempts_allows_needs_nobody(moto_s3: Any, tmp_path: Path) -> None:
+    """Issue 11, item 3: with max_attempts = 3 and backoff from 0.05 s, the
+    old pipeline quarantined every message within about a second of the outage.
+    An unavailable store is waited for instead; nothing is quarantined and no
+    `spool retry` is needed when it comes back."""
+    client = moto_s3.client()
+    client.create_bucket(Bucket=BUCKET)
+    sinks = (
+        f'[[sinks]]\ntype = "s3"\nname = "cloud"\nbucket = "{BUCKET}"\n'
+        f'endpoint_url = "{moto_s3.endpoint_url}"\nmax_attempts = 1\nconnect_timeout = 2\n'
+    )
+    config = with_pipeline(write_config(tmp_path, sinks=sinks), max_attempts=3)
+    moto_s3.stop()
+    ids = spool_messages(config, 4, tag="outage")
+    with ServerProcess(config, env={"MAILPIPE_LOAD_PLUGINS": "filesystem,s3"}) as server:
+        # far more failed deliveries than max_attempts: the old rule would have quarantined
+        wait_until(
+            lambda: (rows := cli(config, "spool", "list", check=True).json["messages"]) and all(r["attempts"] > 3 * 3 for r in rows),
+            timeout=120, interval=0.2, message="deliveries were not retried through the outage",
+        )
+        assert cli(config, "spool", "list", "--quarantine", check=True).json["messages"] == []
+        server.wait_for_log("sink unavailable; will retry")
+        moto_s3.start()
+        wait_until(lambda: cli(config, "spool", "list", check=True).json["messages"] == [], timeout=120,
+                   message="mail was not delivered when the store came back")
+        assert cli(config, "spool", "list", "--quarantine", check=True).json["messages"] == []
+        assert server.stop() == 0
+        assert not [line for line in server.lines if "quarantined" in line]
+    assert len(versions_by_key(client)) == 2 * len(ids)

@@ -174,3 +174,23 @@ def test_o365_undeliverable_address_must_be_on_an_accepted_domain(domains_config
     ok = cli(domains_config, "connections", "add", "smtp_o365", "--description", "x",
              "--set", "undeliverable_journal_address=journal@Fabrikam.com", check=True).json
     assert ok["enabled"] is False and ok["address"].startswith("j-")
+
+
+@pytest.mark.parametrize("wide", ["0.0.0.0/0", "::/0", "10.0.0.0/8"])
+def test_a_world_wide_sender_range_is_accepted_with_a_warning(tmp_path: Path, wide: str) -> None:
+    """Issue 11, item 7: `sender_servers=0.0.0.0/0` was accepted silently."""
+    setup = make_setup(tmp_path)
+    added = cli(setup.config, "connections", "add", "smtp_exchange", "--description", "lab",
+                "--set", f"sender_servers={wide}")
+    assert added.code == 0, added
+    assert "warning" in added.err and wide in added.err
+    assert "whole Internet" in added.err or "admits" in added.err
+    tested = cli(setup.config, "connections", "test", added.json["id"])
+    assert any(wide in warning for warning in tested.json["warnings"]), tested
+
+
+def test_a_narrow_sender_range_gives_no_warning(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path)
+    added = cli(setup.config, "connections", "add", "smtp_exchange", "--description", "site",
+                "--set", "sender_servers=192.0.2.10,198.51.100.0/24")
+    assert added.code == 0 and "warning" not in added.err, added

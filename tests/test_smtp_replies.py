@@ -65,6 +65,26 @@ def test_unknown_journal_address_is_550_5_1_1(lenient: SmtpSetup) -> None:
     assert code == 550 and text.startswith(b"5.1.1"), (code, text)
 
 
+def test_a_refusal_never_echoes_control_characters(lenient: SmtpSetup) -> None:
+    """Issue 11, item 7: the 550 echoed a NUL byte (and would echo an escape
+    sequence) from the recipient into the sender's logs."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", lenient.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()  # 220
+        sock.sendall(b"EHLO client.test\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        sock.sendall(b"MAIL FROM:<" + SENDER.encode() + b">\r\n")
+        assert reader.readline().startswith(b"250")
+        sock.sendall(b"RCPT TO:<j-no\x00such\x1b[31m@" + JOURNAL_DOMAIN.encode() + b">\r\n")
+        reply = reader.readline()
+    assert reply.startswith(b"550 5.1.1"), reply
+    assert not any(byte < 0x20 or byte == 0x7F for byte in reply.rstrip(b"\r\n")), reply
+    assert b"j-no\\x00such\\x1b[31m@" in reply  # shown, escaped, so the operator sees what was sent
+
+
 def test_no_open_relay(lenient: SmtpSetup) -> None:
     before = spooled_count(lenient)
     with lenient.client() as client:

@@ -16,30 +16,10 @@ from mailpipe.sinks.filesystem import FilesystemSink
 from mailpipe.spool import QUARANTINE, QUEUE, Spool, SpooledMessage
 from mailpipe.types import SinkContext, TestResult
 
+from helpers import FlakySink
+
 pytestmark = pytest.mark.anyio
 FAST = PipelineConfig(max_attempts=3, backoff_initial=0.001, backoff_max=0.01, concurrency=2)
-
-
-class FlakySink:
-    """Fails ``failures`` times, then stores in memory."""
-
-    def __init__(self, name: str = "flaky", failures: int = 0) -> None:
-        self.name = name
-        self.failures = failures
-        self.calls = 0
-        self.stored: dict[str, bytes] = {}
-
-    async def store(self, message: SpooledMessage) -> None:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise ConnectionError(f"{self.name} is down (call {self.calls})")
-        self.stored[message.id] = message.path.read_bytes()
-
-    async def test(self) -> TestResult:
-        return TestResult(ok=True)
-
-    async def aclose(self) -> None:
-        pass
 
 
 def fs_sink(tmp_path: Path) -> FilesystemSink:

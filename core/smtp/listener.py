@@ -30,6 +30,13 @@ from mailpipe.errors import ConfigError
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.reload import on_reload
 from mailpipe.smtp.addresses import ListenAddress, parse_listen
+from mailpipe.logs import ConditionLog
+from mailpipe.smtp.limits import (
+    ConnectionLimits,
+    quiet_accept_errors,
+    raise_open_files_limit,
+    total_limit,
+)
 from mailpipe.smtp.protocol import ListenerContext, MailpipeSMTP
 from mailpipe.smtp.routing import Directory, Router
 
@@ -65,16 +72,24 @@ async def serve_smtp(
 ) -> None:
     _require_asyncio()
     addresses = parse_listen(settings.listen)
+    open_files = raise_open_files_limit()
+    conditions = ConditionLog(log)
+    # Behind a PROXY-protocol balancer every TCP peer is the balancer: a
+    # per-client count would count the balancer, so only the total applies.
+    per_client = 0 if settings.proxy_protocol else settings.max_connections_per_client
+    limits = ConnectionLimits(total_limit(settings.max_connections, open_files), per_client, conditions)
     context = ListenerContext(
         settings=settings,
         router=Router(directory, host, settings),
         committer=GroupCommitter(spool),
         hostname=settings.hostname or socket.getfqdn(),
         tls_context=build_tls_context(settings),
+        limits=limits,
     )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
     stop_reloading = on_reload(lambda _started_with, new: reload_tls(context, new.smtp))
+    restore_exception_handler = quiet_accept_errors(loop, conditions)
     try:
         for address in addresses:
             servers.append(await _bind(loop, context, address, reuse_port))
@@ -86,6 +101,9 @@ async def serve_smtp(
                 "require_tls": settings.require_tls,
                 "proxy_protocol": settings.proxy_protocol,
                 "max_message_size": settings.max_message_size,
+                "open_files_limit": open_files,
+                "max_connections": limits.total,
+                "max_connections_per_client": limits.per_client,
             },
         )
         task_status.started()
@@ -100,6 +118,7 @@ async def serve_smtp(
             if session.transport is not None:
                 session.transport.close()
         context.committer.close()
+        restore_exception_handler()
 
 
 async def _bind(

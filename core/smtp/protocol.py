@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope as AiosmtpdEnvelope, Session
 from mailpipe.config import SmtpConfig
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.data import PIECE_LIMIT, read_data
+from mailpipe.smtp.limits import ConnectionLimits
 from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
 from mailpipe.smtp.routing import Router
 from mailpipe.types import Envelope
@@ -35,8 +36,6 @@ log = logging.getLogger("mailpipe.smtp")
 
 #: More recipients than this in one transaction get ``452 4.5.3`` (RFC 5321 4.5.3.1.8: at least 100).
 MAX_RECIPIENTS = 1000
-#: Seconds a client may stay silent (RFC 5321 4.5.3.2 suggests at least 5 minutes).
-IDLE_TIMEOUT = 300.0
 #: Seconds to wait for the PROXY header when the PROXY protocol is on.
 PROXY_HEADER_TIMEOUT = 10.0
 
@@ -55,6 +54,7 @@ class ListenerContext:
     hostname: str
     tls_context: ssl.SSLContext | None = None
     sessions: set["MailpipeSMTP"] = field(default_factory=set)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class MailpipeSession(Session):
@@ -101,7 +101,9 @@ class MailpipeSMTP(SMTP):
             ident="ESMTP mailpipe",
             tls_context=context.tls_context,
             require_starttls=bool(settings.require_tls and context.tls_context),
-            timeout=IDLE_TIMEOUT,
+            # An inactivity timeout (RFC 5321 4.5.3.2: at least 5 minutes),
+            # re-armed by every command and by every chunk received in DATA.
+            timeout=settings.idle_timeout,
             proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if settings.proxy_protocol else None,
         )
         self.context = context
@@ -110,6 +112,9 @@ class MailpipeSMTP(SMTP):
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits.update({"MAIL": 1024, "RCPT": 1024})
         self.envelope: Transaction | None = None
+        self._counted_ip: str | None = None  # admitted under the connection limits
+        self._refused = False
+        self._receiving_data = False
 
     # --- aiosmtpd plumbing ---------------------------------------------------
 
@@ -120,12 +125,35 @@ class MailpipeSMTP(SMTP):
         return Transaction()
 
     def connection_made(self, transport: Any) -> None:
+        if self._counted_ip is None:  # not the second call STARTTLS makes
+            peer = transport.get_extra_info("peername")
+            client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            refusal = self.context.limits.admit(client_ip)
+            if refusal is not None:
+                # Before any session exists: nothing to clean up but the socket.
+                self._refused = True
+                transport.write(f"421 4.7.0 {self.context.hostname} {refusal}\r\n".encode())
+                transport.close()
+                return
+            self._counted_ip = client_ip
         super().connection_made(transport)
         self.context.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted_ip is not None and self in self.context.sessions:
+            self.context.limits.release(self._counted_ip)
         self.context.sessions.discard(self)
         super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._receiving_data:
+            # A sender that keeps sending is never idle, however slowly its
+            # bytes arrive (DATA is read in 64 KiB pieces, which a slow link
+            # may take longer than the idle timeout to fill).
+            self._reset_timeout()
 
     @property
     def peer_ip(self) -> str:
@@ -278,9 +306,12 @@ class MailpipeSMTP(SMTP):
             return
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
+            self._receiving_data = True
             await read_data(self._reader, receiver.feed, self._reset_timeout)
+            self._receiving_data = False
             reply = await receiver.finish()
         finally:
+            self._receiving_data = False
             receiver.abort()
             self._set_post_data_state()
         await self.push(reply)

@@ -64,8 +64,10 @@ class Router:
         self.settings = settings
 
     async def route(self, envelope: Envelope) -> Routed:
-        address = envelope.rcpt_to
-        connection = self.directory.for_address(address)
+        connection = self.directory.for_address(envelope.rcpt_to)
+        # Replies quote the address; a NUL or an escape sequence in it must not
+        # reach the sender's logs or terminal as is.
+        address = printable(envelope.rcpt_to)
         if connection is None:
             return self._unknown(address)
         connection_type = self.host.connection_types.get(connection.type)
@@ -136,7 +138,14 @@ def reply_line(decision: Decision) -> str:
         code = 550
     elif decision.verdict is Verdict.DENYSOFT and not 400 <= code <= 459:
         code = 451
-    text = " ".join((decision.message or "").split()) or "refused"
+    text = printable(" ".join((decision.message or "").split())) or "refused"
     if not _ENHANCED.match(text + " "):
         text = f"{_DEFAULT_ENHANCED[decision.verdict]} {text}"
     return f"{code} {text}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1) written as ``\\xNN``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)

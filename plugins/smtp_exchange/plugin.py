@@ -3,11 +3,18 @@
 Settings: ``sender_servers`` — one or more IPv4/IPv6 addresses or CIDR
 ranges. Mail is accepted only from those servers (or, with ``[smtp]
 proxy_protocol = true``, from those proxied source addresses).
+
+A very wide range (``0.0.0.0/0``, ``::/0``, anything wider than an IPv4 /8
+or an IPv6 /32) is accepted, since a lab may want it, but never silently:
+``connections add``/``edit`` print a warning (a log line, which the CLI
+shows on stderr), ``connections test`` lists it among the result's
+warnings, and the server logs it when it loads the connection's allow-list.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Any
 
 from mailpipe import hookimpl
@@ -16,6 +23,10 @@ from mailpipe.types import Connection, ConnectionType, Decision, Envelope, Setti
 
 TYPE = "smtp_exchange"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Ranges with a prefix this short or shorter admit far more than a site's mail servers.
+WIDE_PREFIX = {4: 8, 6: 32}
+
+log = logging.getLogger("mailpipe.plugins.smtp_exchange")
 
 
 @hookimpl
@@ -60,7 +71,27 @@ def mailpipe_validate(
     networks, problems = parse_networks(entries)
     if not problems:
         settings["sender_servers"] = [str(n) for n in networks]
+        for warning in wide_range_warnings(networks):
+            log.warning(warning, extra={"connection": context.connection_id or "new"})
     return problems
+
+
+def wide_range_warnings(networks: list[Network]) -> list[str]:
+    """A sentence for each range that lets (nearly) anyone on the Internet send."""
+    warnings = []
+    for network in networks:
+        if network.prefixlen == 0:
+            warnings.append(
+                f"sender_servers {network} opens this connection to the whole Internet: any server "
+                "that learns the journal address can put mail into the archive; list your Exchange "
+                "servers' addresses instead"
+            )
+        elif network.prefixlen <= WIDE_PREFIX[network.version]:
+            warnings.append(
+                f"sender_servers {network} admits {network.num_addresses:,} addresses, far more than a "
+                "site's Exchange servers; list their addresses or a narrow range instead"
+            )
+    return warnings
 
 
 # Parsed allow-lists, so that RCPT TO does not re-parse them for every
@@ -78,6 +109,8 @@ def allowed(client_ip: str, sender_servers: list[str]) -> bool:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
         networks = _cache[key] = parse_networks(list(sender_servers))[0]
+        for warning in wide_range_warnings(networks):
+            log.warning(warning)
     try:
         address = ipaddress.ip_address(client_ip.split("%", 1)[0])
     except ValueError:
@@ -105,7 +138,8 @@ def mailpipe_accept(connection: Connection, envelope: Envelope) -> Decision | No
 def mailpipe_test(connection: Connection) -> TestResult | None:
     if connection.type != TYPE:
         return None
-    warnings = ()
+    networks = parse_networks(list(connection.settings.get("sender_servers", [])))[0]
+    warnings = wide_range_warnings(networks)
     if not connection.enabled:
-        warnings = ("the connection is disabled: journal reports sent to it are refused until you enable it",)
-    return TestResult(ok=True, warnings=warnings, details={"address": connection.address})
+        warnings.append("the connection is disabled: journal reports sent to it are refused until you enable it")
+    return TestResult(ok=True, warnings=tuple(warnings), details={"address": connection.address})
