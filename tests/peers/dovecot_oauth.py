@@ -6,13 +6,12 @@ outages), with authentication replaced:
 * ``auth_mechanisms = xoauth2 oauthbearer`` and one passdb, Dovecot 2.3's
   ``oauth2`` driver: LOGIN and AUTHENTICATE PLAIN are impossible (Dovecot
   advertises ``LOGINDISABLED``); a password gets nowhere;
-* tokens are validated locally (``introspection_mode = local``): the RS256
-  public key of the test provider (:mod:`peers.oauth_provider`) sits in a
-  ``fs:posix`` dictionary under ``keys/<azp or default>/<ALG>/<kid>``, the
-  layout Dovecot's documentation gives for ``local_validation_key_dict``;
-  Dovecot checks the signature, ``exp``/``nbf``/``iat``, and the audience
-  (``aud`` must be ``https://outlook.office365.com``; as ``active_attribute``,
-  since 2.3's ``scope`` wants a ``scope`` claim app-only tokens lack);
+* tokens are checked by introspection at the test provider
+  (``introspection_mode = post``, RFC 7662; the provider checks signature
+  and expiry, see :mod:`peers.oauth_provider` for why not Dovecot's local
+  JWT validation), over HTTPS verified against the test CA; Dovecot then
+  requires ``active`` to be true and the audience (``scope``) to be
+  ``https://outlook.office365.com``;
 * the token's user is the provider's ``granted_mailbox`` claim, which must be
   the mailbox named in XOAUTH2's ``user=``: the stand-in for Exchange's
   ``Add-MailboxPermission`` (see the provider's docstring);
@@ -29,11 +28,10 @@ import contextlib
 import imaplib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from .dovecot import Dovecot
-from .oauth_provider import GRANT_CLAIM, IMAP_AUDIENCE, SIGNING_KEY_ID, OAuthProvider
+from .oauth_provider import GRANT_CLAIM, IMAP_AUDIENCE, OAuthProvider
 from .process import LOOPBACK
 
 _PASSWORD_AUTH = """\
@@ -53,22 +51,18 @@ class OAuthDovecot(Dovecot):
     def __init__(self, provider: OAuthProvider, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.provider = provider
-        self.keys_dir = self.directory / "keys"
-        key_file = self.keys_dir / "default" / "RS256" / SIGNING_KEY_ID
-        key_file.parent.mkdir(parents=True)
-        key_file.write_bytes(provider.public_key_pem())
-        for path in (self.keys_dir, self.keys_dir / "default", key_file.parent):
-            os.chmod(path, 0o755)
-        os.chmod(key_file, 0o644)
+        # Dovecot's auth process runs unprivileged: it reads the CA from here.
+        provider_ca = self.directory / "provider-ca.pem"
+        provider_ca.write_bytes(provider.ca_file.read_bytes())
+        os.chmod(provider_ca, 0o644)
         self.oauth2_config = self.directory / "dovecot-oauth2.conf.ext"
         self.oauth2_config.write_text(
-            "introspection_mode = local\n"
-            f"local_validation_key_dict = fs:posix:prefix={self.keys_dir}/\n"
-            # Dovecot 2.3's local validation matches "scope" against a scope
-            # claim, which Entra ID's app-only tokens do not have: the
-            # audience is checked as the "active" attribute instead.
-            "active_attribute = aud\n"
-            f"active_value = {IMAP_AUDIENCE}\n"
+            "introspection_mode = post\n"
+            f"introspection_url = {provider.introspection_url}\n"
+            f"tls_ca_cert_file = {provider_ca}\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            f"scope = {IMAP_AUDIENCE}\n"
             f"username_attribute = {GRANT_CLAIM}\n"
             "username_format = %Lu\n"
         )
@@ -115,8 +109,3 @@ passdb {{
         finally:
             with contextlib.suppress(Exception):
                 client.logout()
-
-
-def keys_layout(dovecot: OAuthDovecot) -> list[Path]:
-    """The files of the validation key dictionary (for error messages)."""
-    return sorted(p for p in dovecot.keys_dir.rglob("*") if p.is_file())

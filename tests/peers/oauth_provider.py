@@ -25,6 +25,13 @@ the mailbox the app was granted into the claim ``GRANT_CLAIM`` and Dovecot
 checks it as the token's user name (see :mod:`peers.dovecot_oauth`); an app
 without the ``IMAP.AccessAsApp`` role is granted nothing.
 
+Dovecot validates tokens by asking this provider (RFC 7662 introspection,
+``POST /introspect``): the provider checks the signature and the expiry and
+answers ``active`` with the token's claims; Dovecot checks the audience and
+the mailbox. Why not Dovecot 2.3's local JWT validation: its auth process
+crashed (signal 11) on every second token carrying ``roles``, ``iss`` and
+``appid`` together, as Entra ID's tokens do (observed with 2.3.19.1).
+
 The TLS certificate comes from :mod:`peers.certs`; clients trust
 ``ca_file`` (msal through ``REQUESTS_CA_BUNDLE`` in the test's environment).
 """
@@ -90,6 +97,20 @@ class ProviderState:
     issued: list[IssuedToken] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self.signing_key, algorithm="RS256", headers={"kid": SIGNING_KEY_ID})
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662: the claims of a token this provider signed and that has
+        not expired, with ``active: true``; else only ``active: false``."""
+        try:
+            claims = jwt.decode(
+                token, self.signing_key.public_key(), algorithms=["RS256"], options={"verify_aud": False}
+            )
+        except jwt.PyJWTError:
+            return {"active": False}
+        return {"active": True, **claims}
+
 
 def _error(status: int, error: str, code: int, text: str) -> tuple[int, dict[str, Any]]:
     return status, {
@@ -148,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
         tenant, rest = self._tenant()
         length = int(self.headers.get("Content-Length") or 0)
         form = {key: values[0] for key, values in parse_qs(self.rfile.read(length).decode()).items()}
+        if tenant == "introspect" and not rest:
+            self._send(200, state.introspect(form.get("token", "")))
+            return
         if rest != ["oauth2", "v2.0", "token"]:
             self._send(404, {"error": "not_found"})
             return
@@ -193,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if app.roles:
             claims["roles"] = list(app.roles)
-        token = jwt.encode(claims, state.signing_key, algorithm="RS256", headers={"kid": SIGNING_KEY_ID})
+        token = state.sign(claims)
         with state.lock:
             state.issued.append(IssuedToken(app.client_id, token, now + lifetime))
         return 200, {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}
@@ -275,10 +299,9 @@ class OAuthProvider:
     def ca_file(self) -> Path:
         return self.certs.ca_file
 
-    def public_key_pem(self) -> bytes:
-        return self.state.signing_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    @property
+    def introspection_url(self) -> str:
+        return f"{self._server.url}/introspect"
 
     def register(self, granted_mailbox: str = "", **options: Any) -> App:
         """A new app registration (random client id and secret unless given)."""
@@ -324,7 +347,7 @@ class OAuthProvider:
             "aud": IMAP_AUDIENCE, "iss": f"https://sts.windows.net/{self.tenant_id}/", "iat": now, "nbf": now,
             "exp": now + lifetime, "roles": [IMAP_ROLE], GRANT_CLAIM: granted_mailbox, "appid": "test-harness", "sub": "test-harness",
         }
-        return jwt.encode(claims, self.state.signing_key, algorithm="RS256", headers={"kid": SIGNING_KEY_ID})
+        return self.state.sign(claims)
 
     def issued(self, client_id: str | None = None) -> list[IssuedToken]:
         with self.state.lock:
