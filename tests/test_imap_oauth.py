@@ -21,6 +21,7 @@ import pytest
 from helpers import ServerProcess, cli, wait_until
 from imap_support import archived, bulk_append, make_message, sha256
 from journal_samples import build_exchange_report, build_ndr
+from peers.dovecot import Dovecot
 from peers.dovecot_oauth import OAuthDovecot
 from peers.oauth_fixtures import mailbox, msal_trusts_provider, oauth_dovecot, oauth_provider  # noqa: F401
 from peers.oauth_provider import App, OAuthProvider
@@ -283,3 +284,13 @@ def test_the_cli_test_names_the_cause_without_the_secret(
     assert result.code != 0
     assert "invalid client secret (AADSTS7000215)" in result.out + result.err
     assert_nowhere_in_clear([wrong, app.secret or ""], config_path, [result.out, result.err])
+
+
+def test_a_server_without_xoauth2_is_named(dovecot: Dovecot, oauth_provider: OAuthProvider) -> None:
+    """The password-only Dovecot: no token is asked for, the missing mechanism is named."""
+    app = oauth_provider.register(granted_mailbox="journal@contoso.com")
+    before = len(oauth_provider.issued(app.client_id))
+    result = run_probe(oauth_settings(oauth_provider, dovecot, app, "journal@contoso.com"))  # type: ignore[arg-type]
+    assert not result.ok
+    assert "does not offer AUTHENTICATE XOAUTH2" in (result.error or "")
+    assert len(oauth_provider.issued(app.client_id)) == before

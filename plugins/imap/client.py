@@ -274,7 +274,6 @@ class _QuietProtocol(aioimaplib.IMAP4ClientProtocol):
             else:
                 current_cmd = None
 
-
     def _continuation(self, line: bytes) -> None:
         # A refused XOAUTH2 gets a "+ <error JSON>" challenge first (RFC 7628,
         # Dovecot, Gmail); the client must answer with an empty line before
@@ -451,6 +450,13 @@ class ImapSession:
     async def _login_xoauth2(self) -> None:
         assert self.client is not None and self.settings.oauth is not None
         oauth = self.settings.oauth
+        if not self.has("AUTH=XOAUTH2"):
+            raise AuthenticationFailed(
+                f"{self.settings.server} does not offer AUTHENTICATE XOAUTH2 (it offers "
+                f"{', '.join(sorted(c for c in self.capabilities if c.upper().startswith('AUTH='))) or 'no SASL'}); "
+                "auth=oauth2 needs an IMAP server that takes OAuth 2.0 tokens, such as "
+                "outlook.office365.com"
+            )
         try:
             token = await asyncio.wait_for(
                 token_source(oauth, self.settings.timeout).token(), self.settings.timeout + 1
@@ -462,13 +468,6 @@ class ImapSession:
                 f"timed out: Entra ID at {oauth.authority_host} gave no token within "
                 f"{self.settings.timeout:.0f} s; check the network path to it"
             ) from None
-        if not self.has("AUTH=XOAUTH2"):
-            raise AuthenticationFailed(
-                f"{self.settings.server} does not offer AUTHENTICATE XOAUTH2 (it offers "
-                f"{', '.join(sorted(c for c in self.capabilities if c.upper().startswith('AUTH='))) or 'no SASL'}); "
-                "auth=oauth2 needs an IMAP server that takes OAuth 2.0 tokens, such as "
-                "outlook.office365.com"
-            )
         response = await self._guarded(
             self.client.xoauth2(self.settings.username, token.value), "signing in with XOAUTH2", self.settings.timeout
         )

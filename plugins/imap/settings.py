@@ -94,9 +94,8 @@ IMAP_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "authority_host",
         "str",
-        default=DEFAULT_AUTHORITY_HOST,
-        help="auth=oauth2: Entra ID sign-in host; change only for a sovereign cloud "
-        "(login.microsoftonline.us) or a test provider (host:port)",
+        help=f"auth=oauth2: Entra ID sign-in host, {DEFAULT_AUTHORITY_HOST} unless the tenant is in a "
+        "sovereign cloud (login.microsoftonline.us) or for a test provider (host:port)",
     ),
     Setting("mailbox", "str", default="INBOX", help="folder to collect from"),
     Setting(
@@ -288,7 +287,7 @@ def _password_sign_in_problems(settings: dict[str, Any]) -> list[str]:
             "auth=password needs setting 'password' (password of the mailbox); add --set password=VALUE "
             "(for Microsoft 365 use --set auth=oauth2 instead: Exchange Online refuses passwords for IMAP)"
         )
-    stray = [name for name in OAUTH_SETTING_NAMES if settings.get(name) and name != "authority_host"]
+    stray = [name for name in OAUTH_SETTING_NAMES if settings.get(name)]
     if stray:
         problems.append(
             f"{', '.join(stray)} only mean something with auth=oauth2 (auth is password); "
