@@ -30,6 +30,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -125,8 +126,16 @@ class TokenSource:
     def _credential(self) -> Any:
         if self.oauth.client_secret:
             return self.oauth.client_secret
-        # A PEM file often holds the certificate next to its key: msal wants the key alone.
         pem = self.oauth.certificate_pem or ""
+        if self.oauth.certificate_path:
+            try:
+                pem = Path(self.oauth.certificate_path).read_text()
+            except OSError as error:
+                raise TokenRequestFailed(
+                    f"client_certificate {self.oauth.certificate_path!r} cannot be read "
+                    f"({error.strerror or error}); restore the file or edit the connection"
+                ) from None
+        # A PEM file often holds the certificate next to its key: msal wants the key alone.
         found = _PRIVATE_KEY_BLOCK.search(pem)
         return {
             "private_key": found.group(0) if found else pem,
@@ -142,7 +151,7 @@ def token_source(oauth: OAuthSettings, http_timeout: float) -> TokenSource:
     """The process's token source for this credential, so that reconnects
     share msal's cache. Keyed by a digest of the credential, not by the
     credential itself; an edited secret gets a new source."""
-    credential = oauth.client_secret or oauth.certificate_pem or ""
+    credential = oauth.client_secret or oauth.certificate_pem or oauth.certificate_path or ""
     key = (
         oauth.authority_host,
         oauth.tenant_id,

@@ -133,14 +133,16 @@ _HOST_AND_PORT = re.compile(r"^(?P<host>[^:/\s]+)(:(?P<port>\d{1,5}))?$")
 @dataclass(frozen=True)
 class OAuthSettings:
     """What signing in with ``auth=oauth2`` needs; one credential is set:
-    ``client_secret`` or a certificate (``certificate_pem`` read from
-    ``client_certificate`` or stored as ``client_certificate_pem``)."""
+    ``client_secret`` or a certificate (the PEM in the file
+    ``certificate_path``, read when the token source is made, so that the
+    operator can rotate it; or stored as ``certificate_pem``)."""
 
     tenant_id: str
     client_id: str
     authority_host: str
     client_secret: str | None = None
     certificate_pem: str | None = None
+    certificate_path: str | None = None
     certificate_thumbprint: str | None = None
 
 
@@ -195,16 +197,13 @@ class ImapSettings:
 
 
 def _oauth_from_mapping(values: dict[str, Any]) -> OAuthSettings:
-    pem = values.get("client_certificate_pem") or None
-    if not pem and values.get("client_certificate"):
-        # Read at each start, not stored: the file is the operator's to rotate.
-        pem = Path(str(values["client_certificate"])).read_text()
     return OAuthSettings(
         tenant_id=str(values.get("tenant_id") or ""),
         client_id=str(values.get("client_id") or ""),
         authority_host=str(values.get("authority_host") or DEFAULT_AUTHORITY_HOST),
         client_secret=values.get("client_secret") or None,
-        certificate_pem=pem,
+        certificate_pem=values.get("client_certificate_pem") or None,
+        certificate_path=values.get("client_certificate") or None,
         certificate_thumbprint=values.get("client_certificate_thumbprint") or None,
     )
 
