@@ -294,3 +294,35 @@ def test_a_server_without_xoauth2_is_named(dovecot: Dovecot, oauth_provider: OAu
     assert not result.ok
     assert "does not offer AUTHENTICATE XOAUTH2" in (result.error or "")
     assert len(oauth_provider.issued(app.client_id)) == before
+
+
+def test_a_certificate_file_is_checked_and_stored_absolute(config_path: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "app.pem"
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    not_a_key = tmp_path / "cert-only.pem"
+    not_a_key.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    base = ["--set", "auth=oauth2", "--set", "username=journal@contoso.com", "--set", f"tenant_id={uuid.uuid4()}",
+            "--set", f"client_id={uuid.uuid4()}", "--set", "client_certificate_thumbprint=" + "ab" * 20]
+    refused = cli(config_path, "connections", "add", "imap", "--description", "t", *base,
+                  "--set", f"client_certificate={not_a_key}")
+    assert refused.code != 0 and "holds no PEM private key" in refused.err
+    added = cli(config_path, "connections", "add", "imap", "--description", "t", *base,
+                "--set", f"client_certificate={key_file}", check=True)
+    assert added.json["settings"]["client_certificate"] == str(key_file.resolve())
+    assert added.json["settings"]["client_certificate_thumbprint"] == "AB" * 20
+
+
+def test_an_unreadable_certificate_file_is_named(tmp_path: Path) -> None:
+    from mailpipe.plugins.imap.oauth import TokenRequestFailed, TokenSource
+    from mailpipe.plugins.imap.settings import OAuthSettings
+
+    missing = tmp_path / "gone.pem"
+    source = TokenSource(OAuthSettings(str(uuid.uuid4()), str(uuid.uuid4()), "login.microsoftonline.com",
+                                       certificate_path=str(missing), certificate_thumbprint="AB" * 20), 5)
+    with pytest.raises(TokenRequestFailed, match="cannot be read"):
+        asyncio.run(source.token())
