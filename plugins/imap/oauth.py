@@ -247,6 +247,11 @@ def describe_msal_exception(oauth: OAuthSettings, error: ValueError) -> str:
     if "AADSTS90002" in cause or "invalid_tenant" in cause:
         return describe_token_error(oauth, {"error": "invalid_tenant", "error_codes": [90002]})
     first_line = text.splitlines()[0] if text else type(error).__name__
+    if not oauth.client_secret and ("key" in text.lower() or "deserialize" in text.lower()):
+        return (
+            f"the client certificate's private key cannot be used ({first_line}); give a PEM file "
+            "with an unencrypted RSA private key (BEGIN PRIVATE KEY)"
+        )
     return (
         f"cannot use the authority https://{oauth.authority_host}/{oauth.tenant_id}: {first_line}; "
         "check tenant_id and authority_host"
