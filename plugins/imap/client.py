@@ -44,6 +44,7 @@ from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
 import aioimaplib
 
+from mailpipe.plugins.imap.oauth import TokenRequestFailed, describe_imap_refusal, token_source
 from mailpipe.plugins.imap.settings import ImapSettings
 
 T = TypeVar("T")
@@ -86,6 +87,10 @@ class ConnectFailed(ImapError):
 
 class AuthenticationFailed(ImapError):
     pass
+
+
+class TokenUnavailable(AuthenticationFailed):
+    """auth=oauth2: Entra ID gave no token (the text names the AADSTS cause)."""
 
 
 class MailboxNotFound(ImapError):
@@ -274,6 +279,16 @@ class _QuietProtocol(aioimaplib.IMAP4ClientProtocol):
             else:
                 current_cmd = None
 
+    def _continuation(self, line: bytes) -> None:
+        # A refused XOAUTH2 gets a "+ <error JSON>" challenge first (RFC 7628,
+        # Dovecot, Gmail); the client must answer with an empty line before
+        # the tagged NO comes. aioimaplib would wait for the NO forever.
+        command = self.pending_sync_command
+        if command is not None and command.name == "AUTHENTICATE" and self.transport is not None:
+            self.transport.write(aioimaplib.CRLF)
+            return
+        super()._continuation(line)
+
 
 class _Client(aioimaplib.IMAP4):
     """``aioimaplib.IMAP4`` with :class:`_QuietProtocol`."""
@@ -351,6 +366,7 @@ class ImapSession:
         self.client: aioimaplib.IMAP4 | None = None
         self._lost = asyncio.Event()
         self._lost_reason = ""
+        self._login_response: Any = None
 
     # --- connecting -----------------------------------------------------
 
@@ -412,6 +428,17 @@ class ImapSession:
         return capability.upper() in {c.upper() for c in self.capabilities}
 
     async def login(self) -> None:
+        """LOGIN with the password, or, with ``auth=oauth2``, AUTHENTICATE
+        XOAUTH2 with an app-only token (asked for again on every login, so
+        each reconnect has a token that is still valid)."""
+        assert self.client is not None
+        if self.settings.auth == "oauth2":
+            await self._login_xoauth2()
+        else:
+            await self._login_password()
+        await self._capabilities_after_login()
+
+    async def _login_password(self) -> None:
         assert self.client is not None
         response = await self._guarded(
             self.client.login(aioimaplib.quoted(self.settings.username), self.settings.password),
@@ -423,7 +450,41 @@ class ImapSession:
                 f"authentication failed for user {self.settings.username!r} on {self.settings.server}: "
                 f"the server said {_server_text(response)!r}; check the username and password"
             )
-        if not any(b"CAPABILITY" in bytes(line) for line in response.lines):
+        self._login_response = response
+
+    async def _login_xoauth2(self) -> None:
+        assert self.client is not None and self.settings.oauth is not None
+        oauth = self.settings.oauth
+        if not self.has("AUTH=XOAUTH2"):
+            raise AuthenticationFailed(
+                f"{self.settings.server} does not offer AUTHENTICATE XOAUTH2 (it offers "
+                f"{', '.join(sorted(c for c in self.capabilities if c.upper().startswith('AUTH='))) or 'no SASL'}); "
+                "auth=oauth2 needs an IMAP server that takes OAuth 2.0 tokens, such as "
+                "outlook.office365.com"
+            )
+        try:
+            token = await asyncio.wait_for(
+                token_source(oauth, self.settings.timeout).token(), self.settings.timeout + 1
+            )
+        except TokenRequestFailed as error:
+            raise TokenUnavailable(str(error)) from None
+        except asyncio.TimeoutError:
+            raise TokenUnavailable(
+                f"timed out: Entra ID at {oauth.authority_host} gave no token within "
+                f"{self.settings.timeout:.0f} s; check the network path to it"
+            ) from None
+        response = await self._guarded(
+            self.client.xoauth2(self.settings.username, token.value), "signing in with XOAUTH2", self.settings.timeout
+        )
+        if response.result != "OK":
+            raise AuthenticationFailed(
+                describe_imap_refusal(oauth, self.settings.username, token.claims, _server_text(response))
+            )
+        self._login_response = response
+
+    async def _capabilities_after_login(self) -> None:
+        assert self.client is not None
+        if not any(b"CAPABILITY" in bytes(line) for line in self._login_response.lines):
             # Servers may advertise IDLE, MOVE, UIDPLUS only once logged in.
             await self._guarded(self.client.protocol.capability(), "asking for capabilities", self.settings.timeout)
 

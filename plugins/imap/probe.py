@@ -125,6 +125,7 @@ async def _steps(settings: ImapSettings, budget: _Budget, warnings: list[str]) -
         "messages": status.exists,
         "uidvalidity": status.uidvalidity,
         "idle": idle,
+        "auth": settings.auth,
     }
 
 
