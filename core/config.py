@@ -65,6 +65,14 @@ CPU_PRIORITIES = ("auto", "idle", "normal")
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    # Free bytes kept on the spool's filesystem: below this, new mail is
+    # refused (SMTP 452 4.3.1, collectors pause) so the spool can still record
+    # progress. None: 1 % of the filesystem, at most 256 MiB (disk_space.py).
+    min_free_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     allow: tuple[str, ...] | None = None
     block: tuple[str, ...] = ()
@@ -81,6 +89,7 @@ class Config:
     source: str
     log_level: str = "INFO"
     raw: dict[str, Any] = field(default_factory=dict)
+    spool: SpoolConfig = SpoolConfig()
 
     @property
     def spool_dir(self) -> Path:
@@ -112,7 +121,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from None
-    known = {"server", "smtp", "pipeline", "plugins", "sinks"}
+    known = {"server", "smtp", "pipeline", "plugins", "sinks", "spool"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -149,6 +158,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         source=source,
         log_level=str(server.get("log_level", "INFO")).upper(),
         raw=raw,
+        spool=_spool(_table(raw, "spool", source), source),
     )
 
 
@@ -198,6 +208,17 @@ def _pipeline(table: dict[str, Any], source: str) -> PipelineConfig:
         )
     if not isinstance(config.own_process, bool):
         raise ConfigError(f"{source}: [pipeline] own_process must be true or false (without quotes)")
+    return config
+
+
+def _spool(table: dict[str, Any], source: str) -> SpoolConfig:
+    config = _dataclass_from(SpoolConfig, table, source, "spool")
+    value = config.min_free_bytes
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigError(
+            f"{source}: [spool] min_free_bytes must be a whole number of bytes, 0 or more "
+            "(e.g. 268435456 for 256 MiB); leave it out for the default (1 % of the disk, at most 256 MiB)"
+        )
     return config
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from mailpipe.config import Config, load_config
 from mailpipe.connections import ConnectionService
+from mailpipe.disk_space import store_status_reporter
 from mailpipe.errors import ConfigError
 from mailpipe.pipeline import SinkSlot
 from mailpipe.plugin_host import PluginHost, load_plugins
@@ -41,7 +42,8 @@ class Runtime:
         store = SQLiteStore(config.state_db)
         box = SecretBox.for_data_dir(config.data_dir)
         service = ConnectionService(config, host, store, box)
-        spool = Spool(config.spool_dir)
+        spool = Spool(config.spool_dir, min_free_bytes=config.spool.min_free_bytes)
+        spool.space.report_status = store_status_reporter(store)
         return cls(config, host, store, box, service, spool)
 
     def build_sinks(self) -> list[SinkSlot]:
