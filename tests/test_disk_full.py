@@ -238,3 +238,16 @@ async def test_pipeline_survives_a_full_disk_while_recording_state(
     finally:
         await sink.aclose()
     assert list(sink.entries())
+
+
+def test_reserve_setting_and_default() -> None:
+    from mailpipe.config import parse_config
+    from mailpipe.disk_space import default_reserve
+    from mailpipe.errors import ConfigError
+
+    assert parse_config("[spool]\nmin_free_bytes = 1000\n", Path("."), "t").spool.min_free_bytes == 1000
+    assert parse_config("", Path("."), "t").spool.min_free_bytes is None
+    with pytest.raises(ConfigError, match="min_free_bytes must be a whole number of bytes"):
+        parse_config('[spool]\nmin_free_bytes = "1G"\n', Path("."), "t")
+    assert default_reserve(10 * 1024 * MiB) == int(10 * 1024 * MiB * 0.01)  # 1 % of a small disk
+    assert default_reserve(1024 * 1024 * MiB) == 256 * MiB  # at most 256 MiB
