@@ -92,19 +92,21 @@ def journal(number: int, size: int = 300) -> bytes:
     ).encode() + b"x" * size + b"\r\n"
 
 
-def send(client: smtplib.SMTP, mail_from: str, recipients: list[str], data: bytes) -> tuple[int, str, None]:
+def send(client: smtplib.SMTP, mail_from: str, recipients: list[str], data: bytes) -> tuple[int, str, bool]:
     """MAIL, RCPT, DATA; the reply to DATA itself when it is not 354 (a full
-    spool is refused there, before the client sends the message)."""
+    spool is refused there, before the client sends the message), and
+    whether the message itself was sent."""
     assert client.mail(mail_from)[0] == 250
     for recipient in recipients:
         assert client.rcpt(recipient)[0] == 250
     code, text = client.docmd("DATA")
-    if code == 354:
+    sent = code == 354
+    if sent:
         client.send(dot_stuff(data) + b".\r\n")
         code, text = client.getreply()
     else:
         client.rset()
-    return code, text.decode(), None
+    return code, text.decode(), sent
 
 
 def status_of(setup: SmtpSetup, connection_id: str) -> tuple[str, str]:
@@ -168,11 +170,12 @@ def test_disk_full_refuses_with_452_pauses_imap_and_resumes(
         fillers = [fill(small_fs, RESERVE + 3 * MiB)]
         time.sleep(1.1)  # let the cached free-space figure expire (not an assertion)
 
-        def big_refused() -> tuple[int, str] | None:
-            code, reply, _ = send(client, SENDER, [address], journal(2, size=8 * MiB))
-            return (code, reply) if code != 250 else None
+        def big_refused() -> tuple[int, str, bool] | None:
+            code, reply, sent = send(client, SENDER, [address], journal(2, size=8 * MiB))
+            return (code, reply, sent) if code != 250 else None
 
-        code, reply = wait_until(big_refused, WAIT, interval=0.5)
+        code, reply, sent = wait_until(big_refused, WAIT, interval=0.5)
+        assert sent, "refused before DATA: the write-time ENOSPC path was not exercised"
         assert code == 452 and reply.startswith("4.3.1"), (code, reply)
         assert tmp_bytes(spool_dir) < MiB, sorted((spool_dir / "tmp").iterdir())
         assert not list((spool_dir / "tmp").glob("*.tmp"))

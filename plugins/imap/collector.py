@@ -154,13 +154,13 @@ class Collector:
                     raise
                 if storage_full(cause):
                     log.warning(
-                        f"IMAP collection paused: {cause}",
+                        "IMAP collection paused: the spool's disk is full; nothing is acted on at the server",
                         extra={**self.extra, "error": str(cause), "retry_in_seconds": STORAGE_RETRY_SECONDS},
                     )
                     await anyio.sleep(STORAGE_RETRY_SECONDS)
                     continue
                 log.warning(
-                    f"IMAP collection interrupted: {cause}; reconnecting in {self._delay:g} s",
+                    "IMAP collection interrupted; reconnecting",
                     extra={**self.extra, "error": str(cause), "retry_in_seconds": self._delay},
                 )
             await anyio.sleep(self._delay)
