@@ -10,7 +10,9 @@ archived. The log names the cause, not "unhandled errors in a TaskGroup".
 
 from __future__ import annotations
 
+import imaplib
 from pathlib import Path
+from typing import Any, Callable
 
 from helpers import ServerProcess, wait_until
 from imap_support import add_imap_connection, archived, bulk_append, make_message, sha256, spooled_hashes
@@ -19,6 +21,19 @@ from peers.dovecot import Dovecot
 CRASHED_MESSAGES = 2000
 HEALTHY_MESSAGES = 500
 WAIT = 180.0  # bounds only (a loaded machine, and reconnect backoff up to 60 s)
+
+
+def when_logged_in(read: Callable[[], Any]) -> Any:
+    """``read()`` once the test's own login works: a Dovecot just restarted
+    may refuse a login for a moment while its auth process starts."""
+
+    def attempt() -> list[Any]:
+        try:
+            return [read()]
+        except imaplib.IMAP4.error:
+            return []
+
+    return wait_until(attempt, WAIT, interval=0.5)[0]
 
 
 def test_a_crashed_imap_server_stops_only_its_own_collector(
@@ -56,7 +71,7 @@ def test_a_crashed_imap_server_stops_only_its_own_collector(
 
         # Nothing left the crashed server without being spooled or archived.
         crashing.start()
-        remaining = {sha256(m) for m in crashing.fetch_all(crashing_user).values()}
+        remaining = {sha256(m) for m in when_logged_in(lambda: crashing.fetch_all(crashing_user)).values()}
         assert remaining, "the collection finished before the kill: the test proved nothing"
         lost = set(crashing_mail) - remaining - safe(crashing_id)
         assert not lost, f"{len(lost)} messages left the server without being spooled or archived"
@@ -64,7 +79,7 @@ def test_a_crashed_imap_server_stops_only_its_own_collector(
         # Back on the same port: the collector resumes by itself.
         wait_until(lambda: len(archived(archive, crashing_id)) == CRASHED_MESSAGES, WAIT,
                    message="the crashed server's mailbox was not completed after it came back")
-        wait_until(lambda: crashing.uids(crashing_user) == [], WAIT)
+        wait_until(lambda: when_logged_in(lambda: crashing.uids(crashing_user)) == [], WAIT)
         logs = server.logs()
 
     for connection_id, mail in ((crashing_id, crashing_mail), (healthy_id, healthy_mail)):
