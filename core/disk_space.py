@@ -87,6 +87,7 @@ class DiskSpace:
         self._logged_at = -LOG_EVERY_SECONDS
         self.report_status: StatusReporter | None = None
         self._refused: set[str] = set()  # connections whose status says "disk full" (this process)
+        self._seen: set[str] = set()  # connections that stored mail in this process
 
     @property
     def reserve(self) -> int:
@@ -140,10 +141,15 @@ class DiskSpace:
         return True
 
     def accepted_for(self, connection_id: str | None) -> bool:
-        """A connection's mail is stored again; True if its status must be written now."""
-        if not connection_id or connection_id not in self._refused:
+        """A connection's mail is stored again; True if its status must be
+        written now: after a refusal, and once per process (a "disk full"
+        status recorded before a restart is taken back too)."""
+        if not connection_id or self.report_status is None:
+            return False
+        if connection_id not in self._refused and connection_id in self._seen:
             return False
         self._refused.discard(connection_id)
+        self._seen.add(connection_id)
         return True
 
     def write_status(self, connection_id: str, error: str | None) -> None:
