@@ -254,3 +254,44 @@ def test_reserve_setting_and_default() -> None:
         parse_config('[spool]\nmin_free_bytes = "1G"\n', Path("."), "t")
     assert default_reserve(10 * 1024 * MiB) == int(10 * 1024 * MiB * 0.01)  # 1 % of a small disk
     assert default_reserve(1024 * 1024 * MiB) == 256 * MiB  # at most 256 MiB
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("step", ["sync", "rename"])
+async def test_enospc_while_committing_is_a_temporary_452_and_leaves_nothing(
+    small_fs: Path, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC where a real small filesystem cannot be made to fail on cue (the
+    filesystem sync, a rename): the same 452 4.3.1, and no file of the
+    refused message stays in tmp/ or the queue."""
+    import errno
+
+    from mailpipe import group_commit
+    from mailpipe.config import SmtpConfig
+    from mailpipe.group_commit import GroupCommitter
+    from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts
+    from mailpipe.types import Connection
+
+    spool = Spool(small_fs / "spool", min_free_bytes=0)
+    committer = GroupCommitter(spool)
+
+    def no_space(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if step == "sync":
+        committer.syncfs = no_space
+        monkeypatch.setattr(group_commit, "sync_filesystem_of", lambda path, syncfs: syncfs(0))
+    else:
+        monkeypatch.setattr(group_commit.os, "rename", no_space)
+    connection = Connection(id="c1", type="smtp_o365", description="", enabled=True, settings={})
+    facts = SessionFacts(peer_ip="127.0.0.1", proxied_ip=None, helo="h", mail_from="a@b", tls=False)
+    receiver = await MessageReceiver.open(committer, [Route(connection, ["j@journal.test"])], SmtpConfig(), facts)
+    receiver.feed(b"Subject: x\r\n\r\nbody\r\n")
+    reply = await receiver.finish()
+    receiver.abort()
+    committer.close()
+    monkeypatch.undo()
+    assert reply.startswith("452 4.3.1 "), reply
+    assert "Errno" not in reply and "No space" not in reply
+    assert not list((small_fs / "spool" / "tmp").iterdir())
+    assert not list((small_fs / "spool" / "queue").iterdir())
