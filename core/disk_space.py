@@ -96,6 +96,11 @@ class DiskSpace:
             return self._configured
         return default_reserve(self._total)
 
+    def low(self) -> bool:
+        """Below the reserve (measured at most once a second; nothing logged)."""
+        self._measure()
+        return self._free < self.reserve
+
     def reason(self) -> str | None:
         """Why new mail cannot be taken now (a sentence starting "disk full"), or None."""
         self._measure()

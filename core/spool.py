@@ -208,12 +208,12 @@ class Spool:
         self.root = root
         for name in (QUEUE, QUARANTINE, TMP):
             (root / name).mkdir(parents=True, exist_ok=True)
-        self.recycler = FileRecycler(root / FREE)
+        #: Free space on the spool's filesystem, against the reserve (disk_space.py).
+        self.space = DiskSpace(root, min_free_bytes)
+        self.recycler = FileRecycler(root / FREE, keeping=lambda: not self.space.low())
         self.root_text = str(root)  # for paths built on hot paths, where pathlib costs more than the call
         self.queue_sync = _DirectorySync(root / QUEUE)
         self._listeners: list[Callable[[SpooledMessage], None]] = []
-        #: Free space on the spool's filesystem, against the reserve (disk_space.py).
-        self.space = DiskSpace(root, min_free_bytes)
 
     def readiness(self) -> str | None:
         """Why this spool cannot take new mail now ("disk full: ..."), or None

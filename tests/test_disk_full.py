@@ -295,3 +295,21 @@ async def test_enospc_while_committing_is_a_temporary_452_and_leaves_nothing(
     assert "Errno" not in reply and "No space" not in reply
     assert not list((small_fs / "spool" / "tmp").iterdir())
     assert not list((small_fs / "spool" / "queue").iterdir())
+
+
+def test_files_are_not_kept_for_reuse_while_the_disk_is_low(small_fs: Path) -> None:
+    """A delivered message's files go back to the filesystem, not to spool/free/,
+    while the disk is below the reserve."""
+    spool = Spool(small_fs / "spool", min_free_bytes=RESERVE)
+    kept = small_fs / "spool" / "queue" / "kept.eml"
+    kept.write_bytes(b"x" * 1000)
+    spool.recycler.release(kept)
+    assert len(list((small_fs / "spool" / "free").iterdir())) == 1  # room: kept for reuse
+    filler = fill(small_fs, RESERVE // 2)
+    time.sleep(1.1)  # the cached free-space figure expires (not an assertion)
+    dropped = small_fs / "spool" / "queue" / "dropped.eml"
+    dropped.write_bytes(b"x" * 1000)
+    spool.recycler.release(dropped)
+    assert not dropped.exists()
+    assert len(list((small_fs / "spool" / "free").iterdir())) == 1
+    filler.unlink()
