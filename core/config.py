@@ -230,6 +230,23 @@ class PluginsConfig(_Section):
     block: NameList = Field((), description='a list of plugin names, e.g. ["imap"]')
 
 
+class SpoolConfig(_Section):
+    # Free bytes kept on the spool's filesystem: below this, new mail is
+    # refused (SMTP 452 4.3.1, collectors pause) so the spool can still record
+    # progress. None: 1 % of the filesystem, at most 256 MiB (disk_space.py).
+    min_free_bytes: ByteSize | None = Field(
+        None,
+        ge=0,
+        description='a size, 0 or more: bytes as a number (268435456) or a string such as "256MiB"; '
+        "leave it out for the default (1 % of the disk, at most 256 MiB)",
+    )
+
+    @field_validator("min_free_bytes", mode="after")
+    @classmethod
+    def _plain_int(cls, value: int | None) -> int | None:
+        return None if value is None else int(value)
+
+
 class SinkTable(BaseModel):
     """The host's keys of a ``[[sinks]]`` table; the others go to the sink type."""
 
@@ -249,6 +266,7 @@ class ConfigFile(BaseModel):
     smtp: SmtpConfig = SmtpConfig()
     pipeline: PipelineConfig = PipelineConfig()
     plugins: PluginsConfig = PluginsConfig()
+    spool: SpoolConfig = SpoolConfig()
     sinks: list[SinkTable] | None = None
 
 
@@ -257,6 +275,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "smtp": SmtpConfig,
     "pipeline": PipelineConfig,
     "plugins": PluginsConfig,
+    "spool": SpoolConfig,
     "sinks": SinkTable,
 }
 
@@ -273,6 +292,7 @@ class Config:
     log_level: str = "INFO"
     group: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    spool: SpoolConfig = SpoolConfig()
 
     @property
     def spool_dir(self) -> Path:
@@ -341,6 +361,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         log_level=checked.server.log_level,
         group=checked.server.group,
         raw=raw,
+        spool=checked.spool,
     )
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from mailpipe.disk_space import SpoolFull, storage_full
 from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.spool import QUEUE, TMP, Spool, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.spool_check import BOOT_KEY, current_boot_id
@@ -126,16 +127,29 @@ class GroupCommitter:
     async def take(self, metadata: dict[str, Any]) -> StagedMessage:
         """A staged message for ``metadata``, from a pool created ahead in a
         worker thread: one thread hop per ``POOL_SIZE`` messages instead of
-        one per message."""
+        one per message. Raises :class:`SpoolFull` (an ``ENOSPC`` OSError)
+        while the spool's filesystem is below its reserve."""
+        connection_id = metadata.get("connection_id")
+        reason = self.spool.space.reason()
+        if reason is not None:
+            await self._refused(connection_id, reason)
+            raise SpoolFull(reason)
+        try:
+            staged = await self._take_staged()
+        except OSError as error:
+            await self._failed(connection_id, error)
+            raise
+        staged.writer.metadata = dict(metadata)
+        return staged
+
+    async def _take_staged(self) -> StagedMessage:
         while not self._ready:
             async with self._refill_lock:
                 if not self._ready:
                     # Shielded: files created by the thread must reach the pool.
                     with anyio.CancelScope(shield=True):
                         self._ready.extend(await anyio.to_thread.run_sync(self._create_pool))
-        staged = self._ready.pop()
-        staged.writer.metadata = dict(metadata)
-        return staged
+        return self._ready.pop()
 
     def _create_pool(self) -> list[StagedMessage]:
         created: list[StagedMessage] = []
@@ -157,17 +171,64 @@ class GroupCommitter:
         """Like ``SpoolWriter.commit(**extra)``: returns once the message is durable."""
         pending = _Pending(staged, staged.writer.final_metadata(**extra_metadata), self._boot)
         self._waiting.append(pending)
-        async with self._lanes:
-            if not pending.done.is_set() and pending in self._waiting:
-                batch, self._waiting = self._waiting, []
-                await self._run(batch)
-        await pending.done.wait()
+        try:
+            async with self._lanes:
+                if not pending.done.is_set() and pending in self._waiting:
+                    batch, self._waiting = self._waiting, []
+                    await self._run(batch)
+            await pending.done.wait()
+        except BaseException:
+            # The caller was cancelled (its collector's task group stopped, its
+            # SMTP client went away) and will abort the staged files. An entry
+            # left waiting would be committed later with those files closed
+            # and fail the whole batch of whoever committed next: every other
+            # session and collector of the process.
+            if pending in self._waiting:
+                self._forget(pending)
+            elif not pending.done.is_set():
+                # Another session is making it durable right now (shielded,
+                # so briefly): its files must not be aborted under that batch.
+                with anyio.CancelScope(shield=True):
+                    await pending.done.wait()
+            raise
+        connection_id = pending.metadata.get("connection_id")
         if pending.error is not None:
+            await self._failed(connection_id, pending.error)
             raise pending.error
         assert pending.message is not None
+        if self.spool.space.accepted_for(connection_id):
+            await anyio.to_thread.run_sync(self.spool.space.write_status, connection_id, None)
         return pending.message
 
+    # --- disk full: the log line and the connections' status ------------------
+
+    async def _failed(self, connection_id: str | None, error: BaseException) -> None:
+        if storage_full(error):
+            space = self.spool.space
+            space.note_failure(error)
+            await self._refused(connection_id, space.reason() or f"disk full: {error}")
+
+    async def _refused(self, connection_id: str | None, reason: str) -> None:
+        if self.spool.space.refused_for(connection_id, reason):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.spool.space.write_status, connection_id, reason)
+
+    def _forget(self, pending: _Pending) -> None:
+        self._waiting.remove(pending)
+        pending.error = RuntimeError("the commit was cancelled")
+        pending.done.set()
+
     async def _run(self, batch: list[_Pending]) -> None:
+        # Defence in depth: an entry whose writer was aborted (it holds closed
+        # files) is dropped, never allowed to fail the others.
+        aborted = [p for p in batch if p.staged.writer.done]
+        if aborted:
+            batch = [p for p in batch if not p.staged.writer.done]
+            for pending in aborted:
+                pending.error = RuntimeError("the message was aborted before it was committed")
+                pending.done.set()
+            if not batch:
+                return
         try:
             # The batch is durable or failed as a whole; a cancelled caller
             # must not leave the others waiting forever.

@@ -33,6 +33,7 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from mailpipe.config import PipelineConfig
+from mailpipe.disk_space import storage_full
 from mailpipe.errors import MessageRejected, SinkUnavailable
 from mailpipe.logs import ConditionLog
 from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
@@ -45,6 +46,8 @@ Enricher = Callable[[SpooledMessage], dict[str, Any]]
 Failure = BaseException | str
 RESCAN_SECONDS = 1.0
 BATCH_PATIENCE_SECONDS = 0.005
+#: A batch whose progress could not be recorded (disk full) is tried again after this.
+STORAGE_RETRY_SECONDS = 10.0
 
 
 @dataclass
@@ -151,7 +154,20 @@ class Pipeline:
                             break
                     if len(batch) >= limit:
                         break
-                await self.process_batch(batch)
+                try:
+                    await self.process_batch(batch)
+                except Exception as error:
+                    if not _all_storage_full(error):
+                        raise
+                    self._storage_full(batch, error)
+
+    def _storage_full(self, spool_ids: list[str], error: Exception) -> None:
+        """Progress could not be recorded (a full disk): keep running and try
+        the batch again later, instead of exiting into a restart loop."""
+        self.spool.space.note_failure(error)  # the log line, rate-limited
+        retry_at = time.time() + STORAGE_RETRY_SECONDS
+        for spool_id in spool_ids:
+            self._schedule(spool_id, retry_at)
 
     async def drain(self) -> None:
         """Process everything due now, then return (for tests and one-shot use)."""
@@ -346,6 +362,14 @@ def is_outage(failure: Failure) -> bool:
     if isinstance(failure, MessageRejected):
         return False
     return isinstance(failure, (SinkUnavailable, ConnectionError, TimeoutError))
+
+
+def _all_storage_full(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(storage_full)[1] is None
+    return storage_full(error)
+
+
 
 
 def retry_quarantined(spool: Spool, spool_ids: list[str] | None = None) -> list[str]:

@@ -18,6 +18,9 @@ trim the directory, and a crash anywhere loses nothing that was
 acknowledged. Several processes (``serve --workers``) share the
 directory safely: a rename either wins a file or finds it gone.
 
+On a disk below the spool's reserve (mailpipe.disk_space) a released file
+is deleted, not kept: the space goes back to the filesystem at once.
+
 Note for operators: the bytes of delivered messages stay in
 ``spool/free/`` until the file is reused (at most ``FREE_LIMIT`` ×
 ``RECYCLE_MAX_BYTES`` of disk).
@@ -30,6 +33,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 #: Files larger than this are deleted, not kept: overwriting a big file
 #: with a small message would cost a truncate larger than the create saved.
@@ -43,8 +47,9 @@ RELIST_SECONDS = 0.02
 class FileRecycler:
     """Hands out writable files (new or reused) and takes back used ones."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keeping: Callable[[], bool] = lambda: True) -> None:
         self.directory = directory
+        self._keeping = keeping  # False while the disk is short of space
         self._directory_text = str(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -78,7 +83,7 @@ class FileRecycler:
             status = os.stat(path)
         except FileNotFoundError:
             return
-        if status.st_nlink == 1 and status.st_size <= RECYCLE_MAX_BYTES and self._has_room():
+        if status.st_nlink == 1 and status.st_size <= RECYCLE_MAX_BYTES and self._keeping() and self._has_room():
             name = secrets.token_hex(8)
             try:
                 os.rename(path, f"{self._directory_text}/{name}")

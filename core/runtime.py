@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from mailpipe.config import Config, load_config
 from mailpipe.connections import ConnectionService
+from mailpipe.disk_space import store_status_reporter
 from mailpipe.errors import ConfigError, SecretKeyError
 from mailpipe.permissions import apply_umask, group_id, secure_data_dir
 from mailpipe.pipeline import SinkSlot
@@ -76,7 +77,9 @@ class Runtime:
         if not self.create and not self.has_spool:
             # A command that may not create state must look first (has_spool).
             raise RuntimeError(f"no spool under {self.config.data_dir}; opened without create")
-        return Spool(self.config.spool_dir)
+        spool = Spool(self.config.spool_dir, min_free_bytes=self.config.spool.min_free_bytes)
+        spool.space.report_status = store_status_reporter(self.store)
+        return spool
 
     @property
     def has_spool(self) -> bool:

@@ -32,6 +32,7 @@ from typing import Any, AsyncIterable, Callable, Iterable, Iterator
 import anyio
 import anyio.to_thread
 
+from mailpipe.disk_space import DiskSpace
 from mailpipe.recycle import FileRecycler, unlink_if_present
 from mailpipe.spool_check import BOOT_KEY, check_after_reboot
 
@@ -197,19 +198,32 @@ class SpoolWriter:
         if self.done:
             return
         self.done = True
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            # Its buffered tail could not be written (a full disk): nothing
+            # is lost, the file is dropped, and the descriptor is closed anyway.
+            pass
         self.spool.recycler.release(self._tmp_path)
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, min_free_bytes: int | None = None) -> None:
         self.root = root
         for name in (QUEUE, QUARANTINE, TMP):
             (root / name).mkdir(parents=True, exist_ok=True)
-        self.recycler = FileRecycler(root / FREE)
+        #: Free space on the spool's filesystem, against the reserve (disk_space.py).
+        self.space = DiskSpace(root, min_free_bytes)
+        self.recycler = FileRecycler(root / FREE, keeping=lambda: not self.space.low())
         self.root_text = str(root)  # for paths built on hot paths, where pathlib costs more than the call
         self.queue_sync = _DirectorySync(root / QUEUE)
         self._listeners: list[Callable[[SpooledMessage], None]] = []
+
+    def readiness(self) -> str | None:
+        """Why this spool cannot take new mail now ("disk full: ..."), or None
+        when it can: for a readiness probe (``/readyz``). Cheap: statvfs at
+        most once a second."""
+        return self.space.reason()
 
     # --- writing ---------------------------------------------------------
 
@@ -331,11 +345,15 @@ class Spool:
 def write_json_durably(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
     """Write, fsync, rename: readers see the old or the new file, never half."""
     tmp = tmp_dir / f"{path.name}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, ensure_ascii=False, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_if_present(tmp)  # a full disk must not also leave half a file behind
+        raise
 
 
 def fsync_directory(path: Path) -> None:

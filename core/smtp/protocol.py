@@ -25,6 +25,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope as AiosmtpdEnvelope, Session
 
 from mailpipe.config import SmtpConfig
+from mailpipe.disk_space import storage_full
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.data import PIECE_LIMIT, read_data
 from mailpipe.smtp.limits import ConnectionLimits
@@ -300,7 +301,8 @@ class MailpipeSMTP(SMTP):
         try:
             receiver = await self._open_receiver()
         except OSError as error:
-            log.error("could not create spool files for a message", extra={"error": str(error)})
+            if not storage_full(error):  # disk full is logged by the spool, rate-limited
+                log.error("could not create spool files for a message", extra={"error": str(error)})
             self._set_post_data_state()
             await self.push(storage_reply(error))
             return

@@ -16,7 +16,6 @@ sender's log line "queued as ..." finds all of them.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -24,6 +23,7 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from mailpipe.config import SmtpConfig
+from mailpipe.disk_space import storage_full
 from mailpipe.smtp.data import RFC_LINE_LIMIT, DataChecks, DotUnstuffer
 from mailpipe.group_commit import GroupCommitter, StagedMessage
 from mailpipe.spool import SpooledMessage
@@ -132,7 +132,10 @@ class MessageReceiver:
             except OSError as error:
                 # Keep reading to the end mark: replying now would make the
                 # rest of the message be read as commands.
-                log.error("could not write a message to the spool", extra={"error": str(error)})
+                if storage_full(error):
+                    self.writers[0].writer.spool.space.note_failure(error)  # logs, rate-limited
+                else:
+                    log.error("could not write a message to the spool", extra={"error": str(error)})
                 self._refuse(storage_reply(error))
 
     def _refuse(self, reply: str) -> None:
@@ -166,11 +169,12 @@ class MessageReceiver:
                 else:
                     await asyncio.gather(*commits, return_exceptions=False)
         except Exception as error:
-            log.error(
-                "could not make a message durable; the client was told to retry",
-                extra={"queue_id": queue_id, "error": f"{type(error).__name__}: {error}"},
-            )
-            return "451 4.3.0 could not store the message durably; try again later"
+            if not storage_full(error):  # disk full is logged by the spool, rate-limited
+                log.error(
+                    "could not make a message durable; the client was told to retry",
+                    extra={"queue_id": queue_id, "error": f"{type(error).__name__}: {error}"},
+                )
+            return storage_reply(error)
         log.info(
             "message queued",
             extra={
@@ -213,11 +217,12 @@ class MessageReceiver:
         return notes
 
 
-def storage_reply(error: OSError) -> str:
-    """A temporary refusal for a spool that cannot take the message now."""
-    if error.errno == errno.ENOSPC:
+def storage_reply(error: BaseException) -> str:
+    """A temporary refusal for a spool that cannot take the message now; the
+    words are for the sender's log, so they name no file, errno or path."""
+    if storage_full(error):
         return "452 4.3.1 insufficient system storage; try again later"
-    return "451 4.3.0 could not store the message; try again later"
+    return "451 4.3.0 could not store the message durably; try again later"
 
 
 def _printable(text: str) -> str:

@@ -714,12 +714,16 @@ class ImapSession:
             raise self._timed_out(doing) from None
         except _Lost:
             raise ConnectionLost(
-                f"the server {self.settings.server} closed the connection while {doing}{self._lost_reason}"
+                f"IMAP server {self._where} closed the connection while {doing}{self._lost_reason}"
             ) from None
         except aioimaplib.AioImapException as error:
             raise CommandFailed(f"IMAP error while {doing}: {error}") from None
         except ConnectionError as error:
-            raise ConnectionLost(f"the connection to {self.settings.server} broke while {doing}: {error}") from None
+            raise ConnectionLost(f"the connection to IMAP server {self._where} broke while {doing}: {error}") from None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.settings.server}:{self.settings.port}"
 
     async def _race(self, awaitable: Awaitable[T], timeout: float | None) -> T:
         """The awaitable's result or exception; ``_Lost`` if the connection

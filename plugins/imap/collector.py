@@ -27,11 +27,18 @@ is then meaningless, and everything in the mailbox is collected again
 Fetching and spooling overlap: while one batch is being fsynced into the
 spool (its fsyncs are shared by the spool's group commit), the next one is
 on the wire.
+
+Failures arrive from inside task groups, wrapped in ``ExceptionGroup``:
+:func:`interruption` unwraps them, so a lost connection takes the reconnect
+path and the log names it. A full spool disk pauses the collection (nothing
+is flagged, moved or deleted at the server for a message not spooled) and it
+is tried again every ``STORAGE_RETRY_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -47,6 +54,7 @@ from mailpipe.plugins.imap.client import (
 )
 from mailpipe.plugins.imap.probe import asyncio_required
 from mailpipe.plugins.imap.settings import ImapSettings
+from mailpipe.disk_space import storage_full
 from mailpipe.types import CollectContext, Connection
 
 log = logging.getLogger("mailpipe.imap")
@@ -61,6 +69,8 @@ ACTION_BATCH = 500
 SPOOL_CONCURRENCY = 256
 IDLE_SECONDS = 120.0  # re-issue IDLE this often; also bounds how long a silent dead peer goes unnoticed
 RECONNECT_SECONDS = (1.0, 60.0)
+#: A full spool disk is retried this often (it is freed by the pipeline as it archives).
+STORAGE_RETRY_SECONDS = 10.0
 CHECKPOINT_KEY = "checkpoint"
 
 
@@ -138,10 +148,20 @@ class Collector:
         while True:
             try:
                 await self._session()
-            except ImapError as error:
+            except Exception as error:
+                cause = interruption(error)
+                if cause is None:
+                    raise
+                if storage_full(cause):
+                    log.warning(
+                        "IMAP collection paused: the spool's disk is full; nothing is acted on at the server",
+                        extra={**self.extra, "error": str(cause), "retry_in_seconds": STORAGE_RETRY_SECONDS},
+                    )
+                    await anyio.sleep(STORAGE_RETRY_SECONDS)
+                    continue
                 log.warning(
                     "IMAP collection interrupted; reconnecting",
-                    extra={**self.extra, "error": str(error), "retry_in_seconds": self._delay},
+                    extra={**self.extra, "error": str(cause), "retry_in_seconds": self._delay},
                 )
             await anyio.sleep(self._delay)
             self._delay = min(self._delay * 2, RECONNECT_SECONDS[1])
@@ -315,6 +335,25 @@ class Collector:
                 await session.move(part, self.settings.move_to)
             else:
                 await session.add_flags(part, "\\Seen")
+
+
+def interruption(error: BaseException) -> BaseException | None:
+    """The failure a collection recovers from by itself (the IMAP server went
+    away or misbehaved, the spool's disk is full), found inside the
+    ``ExceptionGroup`` of the task groups it came through; None when ``error``
+    holds anything else (a bug, which must not be retried silently)."""
+    leaves = list(_leaves(error))
+    if leaves and all(isinstance(leaf, ImapError) or storage_full(leaf) for leaf in leaves):
+        return leaves[0]
+    return None
+
+
+def _leaves(error: BaseException) -> Iterable[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _streamer(session: ImapSession, uid: int) -> Callable[[], AsyncIterator[bytes | bytearray]]:
