@@ -30,7 +30,15 @@ def add_imap_connection(
         "ca_file": str(dovecot.ca_file),
         **settings,
     }
-    args = ["connections", "add", connection_type, "--description", f"test {connection_type}"]
+    return add_connection_with(config, connection_type, values, enable, f"test {connection_type}")
+
+
+def add_connection_with(
+    config: Path, connection_type: str, values: dict[str, Any], enable: bool, description: str
+) -> str:
+    """``connections add TYPE --set KEY=VALUE ...`` through the CLI (then
+    ``enable`` if asked); returns the id."""
+    args = ["connections", "add", connection_type, "--description", description]
     for key, value in values.items():
         args += ["--set", f"{key}={value}"]
     connection_id = str(cli(config, *args, check=True).json["id"])

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 from helpers import ServerProcess, cli, wait_until
-from imap_support import archived, bulk_append, make_message, sha256
+from imap_support import add_connection_with, archived, bulk_append, make_message, sha256
 from journal_samples import build_exchange_report, build_ndr
 from peers.dovecot import Dovecot
 from peers.dovecot_oauth import OAuthDovecot
@@ -56,13 +56,7 @@ def oauth_settings(
 
 
 def add_oauth_connection(config: Path, connection_type: str = "imap", enable: bool = True, **values: Any) -> str:
-    args = ["connections", "add", connection_type, "--description", f"o365 {connection_type}"]
-    for key, value in values.items():
-        args += ["--set", f"{key}={value}"]
-    connection_id = str(cli(config, *args, check=True).json["id"])
-    if enable:
-        cli(config, "connections", "enable", connection_id, check=True)
-    return connection_id
+    return add_connection_with(config, connection_type, values, enable, f"o365 {connection_type}")
 
 
 def run_probe(values: dict[str, Any]) -> TestResult:
