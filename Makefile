@@ -28,13 +28,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest ran no tests" >&2; exit 1; fi; exit $$code
 
+# The protocol and how to read the figures: docs/benchmarks.md.
 # Working files under var/bench, beside the server's own data (see README, Performance).
 # chattr +T (ext4): each run's directory goes to a fresh block group.
+# Haraka (a peer of bench_smtp) is installed into var/haraka when npm exists;
+# without it bench_smtp reports Haraka as skipped and runs the other peers.
 bench: $(STAMP)
 	mkdir -p var/bench
 	-chattr +T var/bench 2>/dev/null
+	if command -v npm >/dev/null 2>&1; then benchmarks/haraka/install.sh var/haraka || echo "Haraka not installed: bench_smtp will skip it"; \
+	else echo "npm not found: bench_smtp will skip Haraka (install Node.js 20+ and npm)"; fi
 	for b in benchmarks/bench_*.py; do TMPDIR=$(CURDIR)/var/bench $(BIN)/python $$b || exit 1; done
-	TMPDIR=$(CURDIR)/var/bench $(BIN)/python benchmarks/bench_smtp.py --workers 2
 
 clean:
 	rm -rf $(VENV) var
