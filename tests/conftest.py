@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,15 @@ def archive_dir(tmp_path: Path) -> Path:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Core tests marked ``@pytest.mark.anyio`` run on both backends."""
     return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def restore_umask() -> Iterator[None]:
+    """Opening a Runtime in the test process sets mailpipe's private umask
+    (077, mailpipe.permissions), as the CLI and the server do for themselves;
+    peers started later in this process (a session's Dovecot writing its
+    passwd files) must not inherit it."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)

@@ -250,8 +250,12 @@ def test_reserve_setting_and_default() -> None:
 
     assert parse_config("[spool]\nmin_free_bytes = 1000\n", Path("."), "t").spool.min_free_bytes == 1000
     assert parse_config("", Path("."), "t").spool.min_free_bytes is None
-    with pytest.raises(ConfigError, match="min_free_bytes must be a whole number of bytes"):
-        parse_config('[spool]\nmin_free_bytes = "1G"\n', Path("."), "t")
+    # sizes as in [smtp] max_message_size: a number of bytes or a string with a unit
+    assert parse_config('[spool]\nmin_free_bytes = "1GiB"\n', Path("."), "t").spool.min_free_bytes == 1024 * MiB
+    with pytest.raises(ConfigError, match=r"\[spool\] min_free_bytes must be a size, 0 or more"):
+        parse_config('[spool]\nmin_free_bytes = "lots"\n', Path("."), "t")
+    with pytest.raises(ConfigError, match=r"\[spool\] min_free_bytes must be a size, 0 or more"):
+        parse_config("[spool]\nmin_free_bytes = -1\n", Path("."), "t")
     assert default_reserve(10 * 1024 * MiB) == int(10 * 1024 * MiB * 0.01)  # 1 % of a small disk
     assert default_reserve(1024 * 1024 * MiB) == 256 * MiB  # at most 256 MiB
 

@@ -102,5 +102,5 @@ def test_outage_retry_for_reads_durations(text: str, seconds: float) -> None:
 
 def test_outage_retry_for_default_is_days_and_bad_values_are_explained() -> None:
     assert parse_config("", base=Path("/"), source="t").pipeline.outage_retry_for >= 86400
-    with pytest.raises(ConfigError, match='duration like "7d"'):
+    with pytest.raises(ConfigError, match="a duration such as \"7d\""):
         parse_config('[pipeline]\noutage_retry_for = "forever"\n', base=Path("/"), source="t")

@@ -158,7 +158,8 @@ class Dovecot:
         self.home_root.mkdir()
         os.chown(self.home_root, self._mail_uid, self._mail_gid)
         self.users_dir = self.directory / "users.d"
-        self.users_dir.mkdir(mode=0o755)
+        self.users_dir.mkdir()
+        os.chmod(self.users_dir, 0o755)  # Dovecot's auth process reads it, whatever the test process's umask
         self.config_file = self.directory / "dovecot.conf"
         self.log_file = self.directory / "dovecot.log"
         self.stderr_file = self.directory / "dovecot.stderr"
