@@ -10,7 +10,8 @@ import random
 
 import aioimaplib
 
-from mailpipe.plugins.imap.client import _LinearFetchCommand, parse_fetch
+from mailpipe.plugins.imap.aioimaplib_compat import ImapProtocol, LinearFetchCommand
+from mailpipe.plugins.imap.client import parse_fetch
 
 
 def test_parse_fetch_whatever_the_item_order() -> None:
@@ -44,7 +45,7 @@ def test_linear_completeness_check_agrees_with_aioimaplib() -> None:
         rng = random.Random(7)
         for _ in range(200):
             stock = aioimaplib.FetchCommand("A1", "1:*", "(BODY[])", prefix="UID")
-            linear = _LinearFetchCommand("A1", "1:*", "(BODY[])", prefix="UID")
+            linear = LinearFetchCommand("A1", "1:*", "(BODY[])", prefix="UID")
             for _ in range(rng.randint(1, 30)):
                 line = rng.choice([
                     b"%d FETCH (UID %d BODY[] {3}" % (rng.randint(1, 9), rng.randint(1, 9)),
@@ -52,7 +53,7 @@ def test_linear_completeness_check_agrees_with_aioimaplib() -> None:
                 ])
                 literal = rng.random() < 0.2
                 for command in (stock, linear):
-                    command._resp_lines.append(bytearray(b"(((") if literal else line)
+                    command.append_to_resp(bytearray(b"(((") if literal else line)
                 assert stock.wait_data() == linear.wait_data()
 
     asyncio.run(compare())
@@ -63,13 +64,13 @@ def test_fetch_times_out_only_after_a_quiet_spell() -> None:
     timeout; silence for the timeout ends it with aioimaplib's CommandTimeout."""
 
     async def scenario() -> tuple[bool, bool]:
-        command = _LinearFetchCommand("A1", "1:*", "(BODY[])", prefix="UID", timeout=1.0)
+        command = LinearFetchCommand("A1", "1:*", "(BODY[])", prefix="UID", timeout=1.0)
         loop = asyncio.get_running_loop()
         busy_until = loop.time() + 2.5
         while loop.time() < busy_until:  # 2.5 timeouts' worth of steady data
             command.append_to_resp(b"1 FETCH (UID 1 FLAGS ())")
             await asyncio.sleep(0.05)
-        alive_while_busy = not command._event.is_set()
+        alive_while_busy = command.response.result == "Pending"
         try:
             await asyncio.wait_for(command.wait(), 10)
         except aioimaplib.CommandTimeout:
@@ -84,8 +85,6 @@ def test_fetch_times_out_only_after_a_quiet_spell() -> None:
 def test_linear_reader_agrees_with_aioimaplib_on_any_split() -> None:
     """The response reader that replaced aioimaplib's recursive one gives the
     same FETCH response lines, however the server's bytes are cut into reads."""
-    from mailpipe.plugins.imap.client import _QuietProtocol
-
     bodies = [b"Subject: %d\r\n\r\n" % n + b"x" * (n * 37 % 300) + b"\r\n(unbalanced { 12}\r\n" for n in range(25)]
     stream = b"".join(
         b"* %d FETCH (UID %d RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\n" % (n + 1, 100 + n, len(b), len(b), b)
@@ -119,7 +118,7 @@ def test_linear_reader_agrees_with_aioimaplib_on_any_split() -> None:
         for _ in range(30):
             cuts = sorted(rng.sample(range(1, length - 30), rng.randint(1, 60)))
             expected = await lines_read_by(aioimaplib.IMAP4ClientProtocol, cuts)
-            assert await lines_read_by(_QuietProtocol, cuts) == expected
+            assert await lines_read_by(ImapProtocol, cuts) == expected
         assert len(expected) > 50
 
     asyncio.run(compare())

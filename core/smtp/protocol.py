@@ -11,22 +11,26 @@ protocol, RSET/NOOP/QUIT/HELP and the timeouts. mailpipe replaces:
 - ``RCPT``: routes each recipient to a connection (see routing.py);
 - ``DATA``: streams the message into one spool file per connection,
   replies ``250`` with the queue id only after the spool fsynced it.
+
+What of aiosmtpd's private state these need (the command stream, the
+transaction resets, the idle timer, the address parser) is reached
+through ``aiosmtpd_compat.SMTPBase``'s names, never directly.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope as AiosmtpdEnvelope, Session
+from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope, Session
 
 from mailpipe.config import SmtpConfig
 from mailpipe.disk_space import storage_full
 from mailpipe.group_commit import GroupCommitter
+from mailpipe.smtp.aiosmtpd_compat import SMTPBase
 from mailpipe.smtp.data import PIECE_LIMIT, read_data
 from mailpipe.smtp.limits import ConnectionLimits
 from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
@@ -86,7 +90,7 @@ class ProxyHandler:
         return True
 
 
-class MailpipeSMTP(SMTP):
+class MailpipeSMTP(SMTPBase):
     # aiosmtpd sizes its StreamReader by this: DATA is read in pieces of up
     # to PIECE_LIMIT. Command lines are still held to command_size_limit.
     line_length_limit = PIECE_LIMIT
@@ -108,21 +112,19 @@ class MailpipeSMTP(SMTP):
             proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if settings.proxy_protocol else None,
         )
         self.context = context
-        # aiosmtpd keeps these on the class and grows them on every EHLO; a
-        # per-session table with room for SIZE/BODY/SMTPUTF8 parameters.
-        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        # Room for SIZE/BODY/SMTPUTF8 parameters (a per-session table: see aiosmtpd_compat).
         self.command_size_limits.update({"MAIL": 1024, "RCPT": 1024})
         self.envelope: Transaction | None = None
         self._counted_ip: str | None = None  # admitted under the connection limits
         self._refused = False
         self._receiving_data = False
 
-    # --- aiosmtpd plumbing ---------------------------------------------------
+    # --- session plumbing ---------------------------------------------------
 
-    def _create_session(self) -> MailpipeSession:
+    def create_session(self) -> MailpipeSession:
         return MailpipeSession(self.loop)
 
-    def _create_envelope(self) -> Transaction:
+    def create_transaction(self) -> Transaction:
         return Transaction()
 
     def connection_made(self, transport: Any) -> None:
@@ -154,16 +156,12 @@ class MailpipeSMTP(SMTP):
             # A sender that keeps sending is never idle, however slowly its
             # bytes arrive (DATA is read in 64 KiB pieces, which a slow link
             # may take longer than the idle timeout to fill).
-            self._reset_timeout()
+            self.reset_idle_timer()
 
     @property
     def peer_ip(self) -> str:
         peer = self.session.peer if self.session else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else ""
-
-    @property
-    def uses_tls(self) -> bool:
-        return self._tls_protocol is not None
 
     async def check_helo_needed(self, helo: str = "HELO") -> bool:
         assert self.session is not None
@@ -178,7 +176,7 @@ class MailpipeSMTP(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
-        self._set_rset_state()
+        self.reset_transaction()
         assert self.session is not None
         self.session.extended_smtp = True
         self.session.host_name = hostname
@@ -202,7 +200,7 @@ class MailpipeSMTP(SMTP):
         if await self.check_helo_needed():
             return
         syntax = "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]"
-        rest = self._strip_command_keyword("FROM:", arg or "")
+        rest = self.strip_keyword("FROM:", arg or "")
         if rest is None:
             await self.push(syntax)
             return
@@ -251,7 +249,7 @@ class MailpipeSMTP(SMTP):
         if self.envelope.mail_from is None:
             await self.push("503 5.5.1 need MAIL command first")
             return
-        rest = self._strip_command_keyword("TO:", arg or "")
+        rest = self.strip_keyword("TO:", arg or "")
         address, parameters = self._parse_path(rest) if rest is not None else (None, "")
         if not address:
             await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
@@ -303,19 +301,19 @@ class MailpipeSMTP(SMTP):
         except OSError as error:
             if not storage_full(error):  # disk full is logged by the spool, rate-limited
                 log.error("could not create spool files for a message", extra={"error": str(error)})
-            self._set_post_data_state()
+            self.end_transaction()
             await self.push(storage_reply(error))
             return
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             self._receiving_data = True
-            await read_data(self._reader, receiver.feed, self._reset_timeout)
+            await read_data(self.command_reader, receiver.feed, self.reset_idle_timer)
             self._receiving_data = False
             reply = await receiver.finish()
         finally:
             self._receiving_data = False
             receiver.abort()
-            self._set_post_data_state()
+            self.end_transaction()
         await self.push(reply)
 
     async def _open_receiver(self) -> MessageReceiver:
@@ -342,7 +340,7 @@ class MailpipeSMTP(SMTP):
         match = _SIMPLE_PATH.match(text)
         if match:
             return match.group(1), match.group(2)
-        address, rest = self._getaddr(text)
+        address, rest = self.parse_address(text)
         if address == "<>":
             address = ""
         return address, rest or ""

@@ -10,18 +10,14 @@ for months needs and the library leaves out:
 - user and mailbox names are quoted, mailbox names encoded in modified UTF-7;
 - ``UID FETCH`` answers are parsed into ``uid → bytes`` whatever order the
   server puts the items in, and large FETCH answers are parsed in linear
-  time (see ``_LinearFetchCommand``);
+  time (see ``aioimaplib_compat.LinearFetchCommand``);
 - every failure is an ``ImapError`` whose text an operator can act on.
 
-Recursion: aioimaplib handles the lines of one network read by calling
-itself once per line, so a read that holds more than about a thousand
-short responses (the ``* n EXPUNGE`` lines of a large expunge, the FETCH
-answers of many small messages) overflows Python's default recursion limit
-of 1000 and kills the session. Here the lines of a read are handled in a
-loop (``_QuietProtocol``); for aioimaplib's own code path (debug logging
-on), importing this module also raises the limit to
-``MIN_RECURSION_LIMIT`` (since Python 3.11 a Python-to-Python call does not
-use the C stack, so the cost is only the frames that are really used).
+aioimaplib's internals (its response reader, FETCH completeness check and
+timer, the XOAUTH2 continuation) are replaced in ``aioimaplib_compat``, the
+one module that touches them; this module uses aioimaplib's public API and
+that module's classes only. A read of thousands of responses is handled in
+a loop there, without recursion.
 
 Memory: aioimaplib collects a literal (a message body) into one
 ``bytearray`` and hands that same object back; nothing here copies it.
@@ -34,22 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import re
 import socket
 import ssl
-import sys
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
 import aioimaplib
 
+from mailpipe.plugins.imap.aioimaplib_compat import ImapClient, LinearFetchCommand
 from mailpipe.plugins.imap.oauth import TokenRequestFailed, describe_imap_refusal, token_source
 from mailpipe.plugins.imap.settings import ImapSettings
 
 T = TypeVar("T")
-
-_AIOIMAPLIB_LOG = logging.getLogger("aioimaplib.aioimaplib")
 
 #: Messages larger than this are streamed in ranges of ``FETCH_RANGE_BYTES``.
 LARGE_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -68,11 +61,6 @@ _PLAIN_GREETING = (b"* OK", b"* PREAUTH", b"* BYE")
 _NOT_TLS_REASONS = frozenset(
     {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
 )
-
-MIN_RECURSION_LIMIT = 50_000
-if sys.getrecursionlimit() < MIN_RECURSION_LIMIT:
-    sys.setrecursionlimit(MIN_RECURSION_LIMIT)
-
 
 # --- errors -----------------------------------------------------------------------
 
@@ -219,138 +207,6 @@ def parse_fetch(lines: list[Any]) -> list[FetchItem]:
     return parsed
 
 
-class _QuietProtocol(aioimaplib.IMAP4ClientProtocol):
-    """aioimaplib's protocol, reading responses in linear time.
-
-    - Its ``data_received`` formats ``'Received : %s' % data`` (the repr of
-      every byte received) before the logger looks at its level; here the
-      line is formatted only when debug logging is on.
-    - Its ``_handle_responses`` calls itself once per line and hands each
-      call a copy of the rest of the read (``bytes.partition``), so a read
-      of n lines copies O(n²) bytes and needs n stack frames. The same
-      steps follow here in a loop over positions in the read, handing
-      literal data over as a memoryview.
-    """
-
-    def data_received(self, d: bytes) -> None:
-        if _AIOIMAPLIB_LOG.isEnabledFor(logging.DEBUG):
-            super().data_received(d)
-            return
-        try:
-            self._handle_responses(self.incomplete_line + d, self._handle_line, self.current_command)
-            self.incomplete_line = b""
-            self.current_command = None
-        except aioimaplib.IncompleteRead as incomplete_read:
-            self.current_command = incomplete_read.cmd
-            self.incomplete_line = incomplete_read.data
-
-    def _handle_responses(
-        self, data: bytes, line_handler: Any, current_cmd: aioimaplib.Command | None = None
-    ) -> None:
-        view = memoryview(data)
-        end = len(data)
-        position = 0
-        while True:
-            if position >= end:
-                if self.pending_sync_command is not None:
-                    self.pending_sync_command.flush()
-                if current_cmd is not None and current_cmd.wait_data():
-                    raise aioimaplib.IncompleteRead(current_cmd)
-                return
-            if current_cmd is not None and current_cmd.wait_literal_data():
-                rest = current_cmd.append_literal_data(view[position:])
-                position = end - len(rest)
-                if current_cmd.wait_literal_data():
-                    raise aioimaplib.IncompleteRead(current_cmd)
-            line_end = data.find(b"\r\n", position)
-            if line_end < 0:
-                raise aioimaplib.IncompleteRead(current_cmd, data[position:])
-            line = data[position:line_end]
-            position = line_end + 2
-            command = line_handler(line, current_cmd)
-            begin_literal = aioimaplib.literal_data_re.match(line)
-            if begin_literal:
-                if command is None:
-                    command = aioimaplib.Command("NIL", "unused")
-                command.begin_literal_data(int(begin_literal.group("size")))
-                current_cmd = command
-            elif command is not None and command.wait_data():
-                current_cmd = command
-            else:
-                current_cmd = None
-
-    def _continuation(self, line: bytes) -> None:
-        # A refused XOAUTH2 gets a "+ <error JSON>" challenge first (RFC 7628,
-        # Dovecot, Gmail); the client must answer with an empty line before
-        # the tagged NO comes. aioimaplib would wait for the NO forever.
-        command = self.pending_sync_command
-        if command is not None and command.name == "AUTHENTICATE" and self.transport is not None:
-            self.transport.write(aioimaplib.CRLF)
-            return
-        super()._continuation(line)
-
-
-class _Client(aioimaplib.IMAP4):
-    """``aioimaplib.IMAP4`` with :class:`_QuietProtocol`."""
-
-    def create_client(
-        self,
-        host: str,
-        port: int,
-        loop: asyncio.AbstractEventLoop | None,
-        conn_lost_cb: Any = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        local_loop = loop if loop is not None else asyncio.get_running_loop()
-        self.protocol = _QuietProtocol(local_loop, conn_lost_cb)
-        self._client_task = local_loop.create_task(
-            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
-        )
-
-
-class _LinearFetchCommand(aioimaplib.FetchCommand):
-    """aioimaplib's FETCH decides "is the answer complete?" by rescanning every
-    line received so far for each new line, which makes a 500-message FETCH
-    quadratic. Same rule, kept incrementally: parentheses counted since the
-    last ``N FETCH (`` line.
-
-    Its inactivity timeout (no data for ``timeout`` seconds) is also kept
-    cheaply: aioimaplib cancels its timer and arms a new one for every line
-    received; here each line only notes the time, and the one armed timer,
-    when it fires, times the command out or re-arms itself for the rest."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._scanned = 0
-        self._depth = 0
-
-    def _set_timer(self) -> None:
-        if self._timeout is not None:
-            self._last_activity = self._loop.time()
-            self._timer = self._loop.call_later(self._timeout, self._check_activity)
-
-    def _reset_timer(self) -> None:
-        self._last_activity = self._loop.time()
-
-    def _check_activity(self) -> None:
-        quiet = self._loop.time() - self._last_activity
-        if quiet >= self._timeout:
-            self._timeout_callback()
-        else:
-            self._timer = self._loop.call_later(self._timeout - quiet, self._check_activity)
-
-    def wait_data(self) -> bool:
-        lines = self._resp_lines
-        for line in lines[self._scanned :]:
-            if not isinstance(line, bytes):
-                continue
-            if self.FETCH_MESSAGE_DATA_RE.match(line):
-                self._depth = 0
-            self._depth += line.count(b"(") - line.count(b")")
-        self._scanned = len(lines)
-        return self._depth != 0
-
-
 # --- the session ----------------------------------------------------------------------
 
 
@@ -363,7 +219,7 @@ class ImapSession:
 
     def __init__(self, settings: ImapSettings) -> None:
         self.settings = settings
-        self.client: aioimaplib.IMAP4 | None = None
+        self.client: ImapClient | None = None
         self._lost = asyncio.Event()
         self._lost_reason = ""
         self._login_response: Any = None
@@ -375,7 +231,7 @@ class ImapSession:
         """TCP connect, TLS handshake, server greeting."""
         session = cls(settings)
         try:
-            session.client = _Client(
+            session.client = ImapClient(
                 host=settings.server,
                 port=settings.port,
                 timeout=settings.timeout,
@@ -578,7 +434,7 @@ class ImapSession:
     async def _fetch(self, uids: str, items: str) -> list[FetchItem]:
         assert self.client is not None
         protocol = self.client.protocol
-        command = _LinearFetchCommand(
+        command = LinearFetchCommand(
             protocol.new_tag(), uids, items, prefix="UID", loop=protocol.loop, timeout=self.settings.timeout
         )
         # No overall time limit: a 50 MB message may take a while. The
@@ -695,9 +551,7 @@ class ImapSession:
     def abort(self) -> None:
         if self.client is None:
             return
-        task = getattr(self.client, "_client_task", None)
-        if task is not None and not task.done():
-            task.cancel()
+        self.client.cancel_connecting()
         transport = self.client.protocol.transport
         if transport is not None:
             transport.close()
