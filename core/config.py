@@ -65,6 +65,16 @@ CPU_PRIORITIES = ("auto", "idle", "normal")
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The console and API (mailpipe.http); ``listen = ""`` turns them off."""
+
+    listen: str = "127.0.0.1:8025"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     allow: tuple[str, ...] | None = None
     block: tuple[str, ...] = ()
@@ -81,6 +91,7 @@ class Config:
     source: str
     log_level: str = "INFO"
     raw: dict[str, Any] = field(default_factory=dict)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @property
     def spool_dir(self) -> Path:
@@ -112,7 +123,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from None
-    known = {"server", "smtp", "pipeline", "plugins", "sinks"}
+    known = {"server", "smtp", "pipeline", "plugins", "sinks", "http"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -149,6 +160,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         source=source,
         log_level=str(server.get("log_level", "INFO")).upper(),
         raw=raw,
+        http=_http(_table(raw, "http", source), base, source),
     )
 
 
@@ -186,6 +198,19 @@ def _smtp(table: dict[str, Any], base: Path, source: str) -> SmtpConfig:
         raise ConfigError(f"{source}: [smtp] tls_cert and tls_key go together; set both or neither")
     if config.require_tls and not config.tls_cert:
         raise ConfigError(f"{source}: [smtp] require_tls needs tls_cert and tls_key")
+    return config
+
+
+def _http(table: dict[str, Any], base: Path, source: str) -> HttpConfig:
+    table = dict(table)
+    for key in ("tls_cert", "tls_key"):
+        if table.get(key):
+            table[key] = str(_path(base, table[key]))
+    config = _dataclass_from(HttpConfig, table, source, "http")
+    if config.listen and (":" not in config.listen or not config.listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"{source}: [http] listen must be HOST:PORT (e.g. \"127.0.0.1:8025\") or \"\" to turn it off")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError(f"{source}: [http] tls_cert and tls_key go together; set both or neither")
     return config
 
 
