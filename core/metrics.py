@@ -55,6 +55,13 @@ class _Metrics:
                        ["connection", "reply_class"])
 
     @cached_property
+    def recipients_refused(self) -> Any:
+        from prometheus_client import Counter
+
+        return Counter("mailpipe_recipients_refused", "RCPT TO refused (unknown or disabled address, ...)",
+                       ["reason", "reply_class"])
+
+    @cached_property
     def archived(self) -> Any:
         from prometheus_client import Counter
 

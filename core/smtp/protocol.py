@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope as AiosmtpdEnvelope, Session
 from mailpipe.config import SmtpConfig
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.data import PIECE_LIMIT, read_data
+from mailpipe.metrics import METRICS
 from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
 from mailpipe.smtp.routing import Router
 from mailpipe.types import Envelope
@@ -242,6 +243,7 @@ class MailpipeSMTP(SMTP):
         )
         routed = await self.context.router.route(envelope)
         if routed.connection is None:
+            METRICS.recipients_refused.labels(routed.refusal_reason or "refused", routed.reply[:1] + "xx").inc()
             log.info(
                 "recipient refused",
                 extra={"rcpt_to": address, "peer_ip": envelope.peer_ip, "proxied_ip": envelope.proxied_ip,
