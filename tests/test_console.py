@@ -335,3 +335,20 @@ def test_users_and_tokens_from_the_cli(tmp_path: Path) -> None:
     assert cli(config, "tokens", "list", check=True).json["tokens"] == []
     database = (tmp_path / "data" / "mailpipe.db").read_bytes()
     assert token["token"].encode() not in database and PASSWORD.encode() not in database
+
+
+def test_console_over_tls_sets_a_secure_cookie(tmp_path: Path, certs: Any) -> None:
+    setup = make_setup(tmp_path)
+    port = free_port()
+    setup.config.write_text(setup.config.read_text().replace(
+        '[http]\nlisten = ""\n',
+        f'[http]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{certs.cert_file}"\ntls_key = "{certs.key_file}"\n'))
+    password = tmp_path / "pw"
+    password.write_text(PASSWORD)
+    cli(setup.config, "users", "add", "alice", "--role", "admin", "--password-file", str(password), check=True)
+    with ServerProcess(setup.config):
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=certs.client_context(), timeout=60) as browser:
+            response = login(browser, "alice", PASSWORD)
+            assert response.status_code == 303
+            assert "secure" in response.headers["set-cookie"].lower()
+            assert browser.get("/api/v1/me").json()["name"] == "alice"
