@@ -26,7 +26,8 @@ def register(commands: Any, common: argparse.ArgumentParser, actions: Callable[.
     users = actions(commands, common, "users", "console and API accounts (admin or viewer)")
     add = users.add_parser("add", parents=[common], help="add an account (password asked for, or --password-file)")
     add.add_argument("name")
-    add.add_argument("--role", choices=ROLES, required=True)
+    # Checked by the service (one sentence, as from the API), not by argparse choices.
+    add.add_argument("--role", required=True, metavar="|".join(ROLES))
     _password_option(add)
     add.set_defaults(handler=cmd_users_add)
     users.add_parser("list", parents=[common], help="list accounts").set_defaults(handler=cmd_users_list)

@@ -352,3 +352,74 @@ def test_console_over_tls_sets_a_secure_cookie(tmp_path: Path, certs: Any) -> No
             assert response.status_code == 303
             assert "secure" in response.headers["set-cookie"].lower()
             assert browser.get("/api/v1/me").json()["name"] == "alice"
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page[:2000]
+    return found.group(1)
+
+
+def row_of(page: str, connection_id: str) -> str:
+    found = re.search(rf'<tr id="{connection_id}".*?</tr>', page, re.S)
+    return found.group(0) if found else ""
+
+
+def test_the_connections_page_add_enable_test_edit_delete(console: dict[str, Any]) -> None:
+    config = console["setup"].config
+    with client(console, source="127.0.0.5") as browser:
+        assert login(browser, "alice", PASSWORD).status_code == 303
+        form = browser.get("/connections/new", params={"type": "smtp_o365"}).text
+        assert 'name="setting.undeliverable_journal_address"' in form
+        token = csrf_of(form)
+        missing = browser.post("/connections/new", data={"csrf_token": token, "type": "smtp_o365",
+                                                          "description": "From the page"})
+        assert missing.status_code == 422
+        assert 'id="e-undeliverable_journal_address"' in missing.text  # the error sits by its field
+        no_token = browser.post("/connections/new", data={"type": "smtp_o365", "description": "x",
+                                                           "setting.undeliverable_journal_address": "n@customer.example"})
+        assert no_token.status_code == 403
+        added = browser.post("/connections/new", data={
+            "csrf_token": token, "type": "smtp_o365", "description": "From the page",
+            "setting.undeliverable_journal_address": "ndr@customer.example"})
+        assert added.status_code == 201
+        address = re.search(r'id="new-address">([^<]+)<', added.text).group(1)
+        connection = next(c for c in cli(config, "connections", "list", check=True).json["connections"]
+                          if c["address"] == address)
+        connection_id = connection["id"]
+        row = row_of(browser.get("/").text, connection_id)
+        assert address in row and 'data-status="untested"' in row and 'aria-checked="false"' in row
+
+        assert browser.post(f"/connections/{connection_id}/enable", data={"csrf_token": token}).status_code == 303
+        assert 'aria-checked="true"' in row_of(browser.get("/").text, connection_id)
+        assert browser.post(f"/connections/{connection_id}/test", data={"csrf_token": token}).status_code == 303
+        wait_until(lambda: 'data-status="ok"' in row_of(browser.get("/").text, connection_id), timeout=120)
+
+        assert 'value="From the page"' in browser.get(f"/connections/{connection_id}/edit").text
+        edited = browser.post(f"/connections/{connection_id}/edit", data={
+            "csrf_token": token, "type": "smtp_o365", "description": "Renamed on the page",
+            "setting.undeliverable_journal_address": "ndr@customer.example"})
+        assert edited.status_code == 303
+        row = row_of(browser.get("/").text, connection_id)
+        assert "Renamed on the page" in row and 'data-status="untested"' in row
+
+        confirm = browser.get(f"/connections/{connection_id}/delete")
+        assert "Delete Renamed on the page?" in confirm.text
+        assert browser.post(f"/connections/{connection_id}/delete", data={"csrf_token": token}).status_code == 303
+        assert row_of(browser.get("/").text, connection_id) == ""
+
+    actions = [(e["action"], e["actor"], e["remote"])
+               for e in cli(config, "audit", "list", "--connection", connection_id, check=True).json["entries"]]
+    assert [a for a, _, _ in actions] == ["connection.add", "connection.enable", "connection.test",
+                                          "connection.edit", "connection.delete"]
+    assert {(actor, remote) for _, actor, remote in actions} == {("alice", "127.0.0.5")}
+
+
+def test_a_viewer_sees_the_page_without_forms(console: dict[str, Any]) -> None:
+    with client(console, source="127.0.0.6") as browser:
+        assert login(browser, "victor", PASSWORD).status_code == 303
+        page = browser.get("/").text
+        assert console["connection"]["id"] in page
+        assert "Add connection" not in page and "/enable" not in page and "csrf_token" not in page.split("</header>")[1]
+        refused = browser.post(f"/connections/{console['connection']['id']}/enable", data={"csrf_token": "x"})
+        assert refused.status_code == 403

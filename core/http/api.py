@@ -57,11 +57,11 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 def validation_error(problems: list[str], names: list[str]) -> JSONResponse:
-    fields = sorted({name for name in names if any(_mentions(p, name) for p in problems)})
+    fields = sorted({name for name in names if any(mentions(p, name) for p in problems)})
     return error(422, "; ".join(problems), problems=problems, fields=fields)
 
 
-def _mentions(problem: str, name: str) -> bool:
+def mentions(problem: str, name: str) -> bool:
     return problem.startswith(f"{name}:") or problem.startswith(f"{name} ") or f"'{name}'" in problem
 
 
@@ -182,16 +182,8 @@ class Api:
 
     async def test_connection(self, request: Request, who: Principal) -> Response:
         """202 with status "testing"; the result lands in the connection's status."""
-        service = self.runtime.service
-        testing = await self.run(service.begin_test, request.path_params["id"], who.actor)
-        self.console.start_background(self._finish_test, testing)
+        testing = await self.console.start_test(request.path_params["id"], who.actor)
         return self.answer(connection_view(self.runtime, testing), 202)
-
-    async def _finish_test(self, testing: Any) -> None:
-        try:
-            await self.runtime.service.finish_test(testing)
-        except NotFound:
-            pass  # deleted while testing
 
     async def delete_connection(self, request: Request, who: Principal) -> Response:
         service = self.runtime.service

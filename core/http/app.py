@@ -24,14 +24,17 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailpipe.accounts import AccountService
-from mailpipe.errors import ConfigError
+from mailpipe.audit import Actor
+from mailpipe.errors import ConfigError, NotFound
 from mailpipe.http.api import Api
-from mailpipe.http.auth import SESSION_COOKIE, LoginLimiter, Sessions, authenticate, remote_of
+from mailpipe.http.auth import SESSION_COOKIE, LoginLimiter, Sessions, remote_of
+from mailpipe.http.page import Page, document
 from mailpipe.metrics import render
+from mailpipe.types import Connection
 
 log = logging.getLogger("mailpipe.http")
 
@@ -59,6 +62,18 @@ class Console:
     def start_background(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self.group is not None, "the console runs inside serve's task group"
         self.group.start_soon(function, *args)
+
+    async def start_test(self, connection_id: str, actor: Actor) -> Connection:
+        """Status → testing now; the test runs on in the server (API and page alike)."""
+        testing = await anyio.to_thread.run_sync(self.runtime.service.begin_test, connection_id, actor)
+        self.start_background(self._finish_test, testing)
+        return testing
+
+    async def _finish_test(self, testing: Connection) -> None:
+        try:
+            await self.runtime.service.finish_test(testing)
+        except NotFound:
+            pass  # deleted while testing
 
     # --- open routes ---------------------------------------------------------
 
@@ -136,15 +151,6 @@ class Console:
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    async def home(self, request: Request) -> Response:
-        principal = await anyio.to_thread.run_sync(authenticate, request, self.accounts, self.sessions)
-        if principal is None:
-            return RedirectResponse("/login", status_code=303)
-        name = html.escape(principal.account.name)
-        return HTMLResponse(page("mailpipe", f"<p>Logged in as {name} ({principal.account.role}).</p>"
-                                 '<p>The API is described at <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</p>'
-                                 '<form method="post" action="/logout"><button>Log out</button></form>'))
-
     def app(self) -> Starlette:
         api = Api(self)
         routes = [
@@ -154,7 +160,7 @@ class Console:
             Route("/login", self.login_page, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
-            Route("/", self.home, methods=["GET"]),
+            *Page(self).routes(),
             *api.routes(),
         ]
 
@@ -167,21 +173,9 @@ class Console:
         return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
 
 
-def page(title: str, body: str) -> str:
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}"
-        "label{display:block;margin:.5rem 0}input{font-size:1rem;padding:.3rem;width:100%}"
-        ".error{color:#a00}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
-
-
 def login_html(message: str = "") -> str:
     shown = f'<p class=error role=alert>{html.escape(message)}</p>' if message else ""
-    return page("mailpipe — log in", shown + (
+    return document("Log in", "<h1>mailpipe</h1>" + shown + (
         '<form method=post action="/login">'
         '<label>User name <input name=username autocomplete=username required autofocus></label>'
         '<label>Password <input name=password type=password autocomplete=current-password required></label>'
