@@ -114,6 +114,12 @@ class AccountService:
         self.audit.record(actor, "user.delete", f"user:{name}", before={"name": name, "role": before["role"]})
         return before
 
+    def current(self, name: str) -> tuple[Account, str] | None:
+        """The account as stored now and when it last changed (a password change
+        ends the sessions opened before it); None once deleted."""
+        found = self.store.query("SELECT name, role, updated FROM users WHERE name = ?", (name,))
+        return (Account(found[0]["name"], found[0]["role"]), found[0]["updated"]) if found else None
+
     def check_password(self, name: str, password: str) -> Account | None:
         """The account when ``password`` is right; None otherwise (same cost either way)."""
         found = self.store.query("SELECT name, role, password_hash FROM users WHERE name = ?", (name,))

@@ -423,3 +423,14 @@ def test_a_viewer_sees_the_page_without_forms(console: dict[str, Any]) -> None:
         assert "Add connection" not in page and "/enable" not in page and "csrf_token" not in page.split("</header>")[1]
         refused = browser.post(f"/connections/{console['connection']['id']}/enable", data={"csrf_token": "x"})
         assert refused.status_code == 403
+
+
+def test_a_password_change_ends_open_sessions(console: dict[str, Any]) -> None:
+    setup: SmtpSetup = console["setup"]
+    with client(console, source="127.0.0.7") as browser:
+        assert login(browser, "victor", PASSWORD).status_code == 303
+        assert browser.get("/api/v1/me").status_code == 200
+        cli(setup.config, "users", "passwd", "victor", "--password-file", str(setup.root / "password"), check=True)
+        assert browser.get("/api/v1/me").status_code == 401
+        assert login(browser, "victor", PASSWORD).status_code == 303  # a fresh login works
+        assert browser.get("/api/v1/me").status_code == 200

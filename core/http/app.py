@@ -170,7 +170,12 @@ class Console:
         async def not_allowed(request: Request, exc: Exception) -> Response:
             return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405)
 
-        return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+        async def crashed(request: Request, exc: Exception) -> Response:
+            log.error("console request failed", extra={"path": request.url.path, "error": repr(exc)})
+            return JSONResponse({"error": "mailpipe could not answer this request (a bug); the server log "
+                                 "has the details"}, status_code=500)
+
+        return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
 
 
 def login_html(message: str = "") -> str:

@@ -9,6 +9,7 @@
   CSRF token (header ``X-CSRF-Token`` or form field ``csrf_token``): SameSite
   already stops other sites; the token also covers old browsers and
   same-site subdomains. Bearer requests need none (no ambient credential).
+- A session ends when its account is deleted or its password changes.
 - Failed logins are limited per remote address and per user name:
   ``LOGIN_LIMIT`` failures within ``LOGIN_WINDOW`` seconds → 429 until the
   oldest failure leaves the window.
@@ -26,6 +27,7 @@ from starlette.requests import Request
 
 from mailpipe.accounts import Account, AccountService
 from mailpipe.audit import Actor
+from mailpipe.timestamps import utc_now
 
 SESSION_COOKIE = "mailpipe_session"
 CSRF_HEADER = "x-csrf-token"
@@ -40,6 +42,7 @@ class Session:
     account: Account
     csrf: str
     expires: float
+    issued: str = field(default_factory=utc_now)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,12 @@ def authenticate(request: Request, accounts: AccountService, sessions: Sessions)
     session = sessions.get(request.cookies.get(SESSION_COOKIE))
     if session is None:
         return None
-    return Principal(session.account, Actor(session.account.name, remote), session)
+    # A deleted account, or one whose password changed since the login, is out.
+    current = accounts.current(session.account.name)
+    if current is None or current[1] > session.issued:
+        sessions.end(request.cookies.get(SESSION_COOKIE))
+        return None
+    return Principal(current[0], Actor(session.account.name, remote), session)
 
 
 def csrf_ok(principal: Principal, presented: str | None) -> bool:
