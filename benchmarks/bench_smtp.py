@@ -106,7 +106,7 @@ def start_baseline(port: int) -> subprocess.Popen[str]:
 
 
 class Mailpipe:
-    def __init__(self, root: Path, port: int, workers: int, pipeline_concurrency: int) -> None:
+    def __init__(self, root: Path, port: int, workers: int, pipeline_concurrency: int, console: bool = True) -> None:
         self.root = root
         self.port = port
         self.workers = workers
@@ -115,7 +115,9 @@ class Mailpipe:
             '[server]\ndata_dir = "data"\nlog_level = "WARNING"\n\n'
             f'[smtp]\nlisten = "127.0.0.1:{port}"\njournal_domain = "journal.bench"\n\n'
             f"[pipeline]\nconcurrency = {pipeline_concurrency}\n\n"
-            '[[sinks]]\ntype = "filesystem"\npath = "archive"\n'
+            '[[sinks]]\ntype = "filesystem"\npath = "archive"\n\n'
+            # The console is on by default in the product; on a free port here (--no-console: off).
+            f'[http]\nlisten = "{f"127.0.0.1:{free_port()}" if console else ""}"\n'
         )
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
@@ -255,6 +257,8 @@ def main() -> None:
         help="messages sent to each server before the timed run (default 1000; mailpipe archives "
              "them before timing starts, so its spool has files to reuse, as in steady operation)",
     )
+    parser.add_argument("--no-console", action="store_true",
+                        help="run mailpipe with [http] listen = \"\" (compare with the console on)")
     parser.add_argument("--client", choices=("auto", "smtp-source", "python"), default="auto")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per server, alternating")
     parser.add_argument(
@@ -278,7 +282,8 @@ def main() -> None:
     rounds: list[tuple[float, float, float]] = []  # baseline s, mailpipe s, mailpipe archived s
     try:
         with tempfile.TemporaryDirectory(prefix="bench-smtp-") as temporary:
-            mailpipe = Mailpipe(Path(temporary), free_port(), args.workers, args.pipeline_concurrency)
+            mailpipe = Mailpipe(Path(temporary), free_port(), args.workers, args.pipeline_concurrency,
+                                not args.no_console)
             mailpipe.prepare()
             mailpipe.start()
             try:
