@@ -26,10 +26,20 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def enable_multiprocess(data_dir: Path) -> Path:
-    """A fresh metrics directory for this server and its children (inherited env)."""
-    directory = data_dir / "metrics"
+    """A fresh metrics directory for this server and its children (inherited env).
+
+    One per ``serve`` process (``<data_dir>/metrics/<pid>``): a second
+    ``serve`` started by mistake cannot wipe a running one's counts; the
+    directories of servers no longer running are removed.
+    """
+    parent = data_dir / "metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        if not (old.name.isdigit() and _alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    directory = parent / str(os.getpid())
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir()
     os.environ[MULTIPROC_ENV] = str(directory)
     from prometheus_client import values
 
@@ -138,6 +148,16 @@ def render(runtime: Any) -> tuple[bytes, str]:
     registry.register(SpoolCollector(runtime))
     body = generate_latest(registry)
     return (body if shared else generate_latest(REGISTRY) + body), CONTENT_TYPE_LATEST
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not ours to clean up
+        return True
+    return True
 
 
 def _count(directory: Path) -> int:

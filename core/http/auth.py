@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 LOGIN_LIMIT = 5
 LOGIN_WINDOW = 60.0
+MAX_TRACKED = 10_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -54,31 +56,34 @@ class Principal:
     session: Session | None = None  # None for a bearer token
 
 
-@dataclass
 class Sessions:
-    lifetime: float
-    by_id: dict[str, Session] = field(default_factory=dict)
+    """Open sessions, in memory; used from the event loop and worker threads, hence the lock."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self._by_id: dict[str, Session] = {}
+        self._lock = threading.Lock()
 
     def create(self, account: Account) -> tuple[str, Session]:
-        self._expire()
         session_id = secrets.token_urlsafe(32)
         session = Session(account, secrets.token_urlsafe(32), time.monotonic() + self.lifetime)
-        self.by_id[session_id] = session
+        with self._lock:
+            now = time.monotonic()
+            for key in [k for k, s in self._by_id.items() if s.expires < now]:
+                del self._by_id[key]
+            self._by_id[session_id] = session
         return session_id, session
 
     def get(self, session_id: str | None) -> Session | None:
-        session = self.by_id.get(session_id or "")
+        with self._lock:
+            session = self._by_id.get(session_id or "")
         if session is None or session.expires < time.monotonic():
             return None
         return session
 
     def end(self, session_id: str | None) -> None:
-        self.by_id.pop(session_id or "", None)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, s in self.by_id.items() if s.expires < now]:
-            del self.by_id[key]
+        with self._lock:
+            self._by_id.pop(session_id or "", None)
 
 
 @dataclass
@@ -103,6 +108,9 @@ class LoginLimiter:
 
     def failed(self, remote: str, user: str) -> None:
         now = time.monotonic()
+        if len(self.failures) > MAX_TRACKED:  # many names or addresses: forget the stale ones
+            for key in [k for k, d in self.failures.items() if not d or d[-1] <= now - self.window]:
+                del self.failures[key]
         for key in (f"addr:{remote}", f"user:{user.lower()}"):
             self.failures.setdefault(key, deque()).append(now)
 
