@@ -276,6 +276,24 @@ def test_metrics_count_exactly_the_messages_sent(console: dict[str, Any]) -> Non
     assert "mailpipe_sink_store_seconds_bucket" in after
 
 
+def test_archive_and_quarantine_through_the_api(console: dict[str, Any]) -> None:
+    config = console["setup"].config
+    with client(console, console["admin"]) as admin:
+        listed = admin.get("/api/v1/archive").json()["messages"]
+        assert listed, "the metrics test archived messages before this one"
+        entry = listed[0]
+        shown = admin.get(f"/api/v1/archive/{entry['id']}")
+        assert shown.json() == cli(config, "archive", "show", entry["id"], check=True).json
+        raw = admin.get(f"/api/v1/archive/{entry['id']}/raw")
+        assert raw.status_code == 200 and raw.headers["content-type"].startswith("message/rfc822")
+        assert raw.content == Path(entry["path"]).read_bytes()
+        assert admin.get("/api/v1/archive/ffffffffffff").status_code == 404
+        retried = admin.post("/api/v1/quarantine/retry")
+        assert retried.status_code == 200 and retried.json()["retried"] == []
+        assert admin.post("/api/v1/quarantine/retry", json={"ids": ["nope"]}).status_code == 404
+        assert admin.post("/api/v1/quarantine/retry", json={"ids": "all"}).json()["fields"] == ["ids"]
+
+
 def _accepting(setup: SmtpSetup, address: str) -> Any:
     """An SMTP session once the server has seen the connection enabled (hot reload)."""
     smtp = setup.client()
