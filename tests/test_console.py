@@ -452,3 +452,16 @@ def test_a_password_change_ends_open_sessions(console: dict[str, Any]) -> None:
         assert browser.get("/api/v1/me").status_code == 401
         assert login(browser, "victor", PASSWORD).status_code == 303  # a fresh login works
         assert browser.get("/api/v1/me").status_code == 200
+
+
+def test_users_add_asks_for_the_password_twice_without_echo(tmp_path: Path) -> None:
+    from cli_support import run_in_terminal
+
+    config = make_setup(tmp_path).config
+    code, shown = run_in_terminal(["users", "add", "dora", "--role", "viewer", "--config", str(config)],
+                                  {"password (not echoed): ": PASSWORD, "again: ": PASSWORD})
+    assert code == 0, shown
+    assert PASSWORD not in shown and "user dora added (viewer)" in shown
+    code, shown = run_in_terminal(["users", "passwd", "dora", "--config", str(config)],
+                                  {"password (not echoed): ": PASSWORD, "again: ": PASSWORD + "x"})
+    assert code == 1 and "differ" in shown
