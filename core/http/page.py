@@ -31,7 +31,7 @@ STATUS_LABELS = {"untested": "untested", "testing": "testing…", "ok": "ok", "f
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1rem auto;max-width:64rem;padding:0 1rem;line-height:1.4}
-table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%}td:first-child{white-space:nowrap}td,th{padding:.4rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 form.inline{display:inline}button,select,input{font-size:1rem}label{display:block;margin:.6rem 0 .2rem}
 input,select{padding:.3rem;max-width:100%}.error{color:#a00}.notice{background:#eef;padding:.5rem}
 .status{display:inline-block;width:.9rem;height:.9rem;border-radius:50%;vertical-align:middle;margin-right:.3rem}
