@@ -189,9 +189,12 @@ class Haraka(Peer):
 
 
 class MailpipePeer(Peer):
-    def __init__(self, name: str, label: str, work: Path, workers: int, pipeline_concurrency: int) -> None:
+    def __init__(
+        self, name: str, label: str, work: Path, workers: int, pipeline_concurrency: int, console: bool = True
+    ) -> None:
         super().__init__(name, label)
-        self.server = Mailpipe(work / name.replace(" ", "_"), workers, pipeline_concurrency)
+        self.server = Mailpipe(work / name.replace(" ", "_").replace("(", "").replace(")", ""), workers,
+                               pipeline_concurrency, console)
         self.archived_rates: dict[str, list[float]] = {}
 
     def start(self) -> None:
@@ -364,8 +367,11 @@ def make_peers(args: argparse.Namespace, work: Path) -> list[Peer]:
     for name in args.peers:
         if name == "mailpipe":
             for workers in args.workers:
-                label = "mailpipe" if workers == 1 else f"mailpipe --workers {workers}"
-                peers.append(MailpipePeer(label, label, work, workers, args.pipeline_concurrency))
+                for console in args.console:
+                    label = "mailpipe" if workers == 1 else f"mailpipe --workers {workers}"
+                    if len(args.console) > 1:
+                        label += f" (console {console})"
+                    peers.append(MailpipePeer(label, label, work, workers, args.pipeline_concurrency, console == "on"))
         elif name == "haraka":
             peers.append(Haraka("haraka", "haraka (nodes=cpus, fsync queue)", args.haraka, work))
         elif name == "aiosmtpd":
@@ -400,6 +406,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1000,
                         help="messages sent to each peer in each mode before timing (default 1000; mailpipe "
                              "archives them first, so its spool has files to reuse, as in steady operation)")
+    parser.add_argument("--console", type=comma_list(("on", "off")), default=["on"],
+                        help="mailpipe with the HTTP console on and/or off ([http] listen); 'on,off' measures "
+                             "both side by side (default on, the product's default)")
     parser.add_argument("--client", choices=("auto", "smtp-source", "python"), default="auto")
     parser.add_argument("--haraka", type=Path, default=ROOT / "var" / "haraka",
                         help="where benchmarks/haraka/install.sh installed Haraka (default var/haraka)")

@@ -91,16 +91,19 @@ class Mailpipe:
     pipeline then stores it under ``archive/``.
     """
 
-    def __init__(self, root: Path, workers: int = 1, pipeline_concurrency: int = 1) -> None:
+    def __init__(self, root: Path, workers: int = 1, pipeline_concurrency: int = 1, console: bool = True) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.port = free_port()
         self.workers = workers
         self.config = root / "mailpipe.toml"
+        # The console is on in the product's default; here on a free port ("": off).
+        http_listen = f"127.0.0.1:{free_port()}" if console else ""
         self.config.write_text(
             '[server]\ndata_dir = "data"\nlog_level = "WARNING"\n\n'
             f'[smtp]\nlisten = "127.0.0.1:{self.port}"\njournal_domain = "journal.bench"\n\n'
             f"[pipeline]\nconcurrency = {pipeline_concurrency}\n\n"
+            f'[http]\nlisten = "{http_listen}"\n\n'
             '[[sinks]]\ntype = "filesystem"\npath = "archive"\n'
         )
         self.process: subprocess.Popen[str] | None = None

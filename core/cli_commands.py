@@ -12,8 +12,12 @@ import textwrap
 from typing import Any
 
 from mailpipe import cli_config
+from mailpipe.audit import Actor
 from mailpipe.cli import emit, fail, open_runtime, printable, run_async, settings_from
 from mailpipe.errors import MailpipeError
+from mailpipe.views import archive_summary as _summary
+from mailpipe.views import connection_view as _public
+from mailpipe.views import plugins_view, sinks_view, spool_view
 
 SECRETS_HELP = """\
 secret settings (such as password) need not be typed on the command line,
@@ -39,6 +43,13 @@ def register_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     _spool(commands, common)
     _sinks(commands, common)
     cli_config.register(commands, common)
+    register_account_commands(commands, common)
+
+
+def register_account_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    from mailpipe.cli_accounts import register
+
+    register(commands, common, _actions)
 
 
 def _actions(commands: Any, common: argparse.ArgumentParser, name: str, help_text: str) -> Any:
@@ -70,6 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     runtime = Runtime.open(args.config)
     setup_logging(runtime.config.log_level)
+    from mailpipe.metrics import enable_multiprocess
+
+    enable_multiprocess(runtime.config.data_dir)  # before any child process starts
     runtime.extras["workers"] = args.workers
     try:
         run_async(serve, runtime)
@@ -83,11 +97,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from mailpipe.plugin_host import load_plugins
 
     host = load_plugins(load_config(args.config).plugins)
-    data = {
-        "plugins": [info.__dict__ for info in sorted(host.infos.values(), key=lambda i: i.name)],
-        "broken": [b.__dict__ for b in host.broken],
-        "skipped": host.skipped,
-    }
+    data = plugins_view(host)
 
     def human(d: dict[str, Any]) -> str:
         lines = []
@@ -197,19 +207,6 @@ def _describe(connection: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _public(runtime: Any, connection: Any) -> dict[str, Any]:
-    data = runtime.service.public(connection)
-    data["warnings"] = connection_warnings(runtime, connection)
-    return data
-
-
-def connection_warnings(runtime: Any, connection: Any) -> list[str]:
-    """Settings that work but that an operator should know about."""
-    if connection.settings.get("tls_verify") is False:
-        return ["tls_verify is false: the server's certificate is not checked"]
-    return []
-
-
 def cmd_add(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     runtime = open_runtime(args)
@@ -217,7 +214,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         # Refuse bad input before the first state is created.
         run_async(runtime.service.check_new, args.type, settings)
         runtime = open_runtime(args, create=True)
-    connection = run_async(runtime.service.add, args.type, args.description, settings)
+    connection = run_async(runtime.service.add, args.type, args.description, settings, Actor.cli())
     data = _public(runtime, connection)
     emit(args, data, lambda d: "connection added (disabled; enable it with "
          f"`mailpipe connections enable {d['id']}`)\n" + _describe(d))
@@ -250,26 +247,26 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     runtime = open_runtime(args)
-    connection = run_async(runtime.service.edit, args.id, settings, args.description)
+    connection = run_async(runtime.service.edit, args.id, settings, args.description, Actor.cli())
     emit(args, _public(runtime, connection), _describe)
     return 0
 
 
 def cmd_enable(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
-    emit(args, _public(runtime, runtime.service.set_enabled(args.id, True)), _describe)
+    emit(args, _public(runtime, runtime.service.set_enabled(args.id, True, Actor.cli())), _describe)
     return 0
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
-    emit(args, _public(runtime, runtime.service.set_enabled(args.id, False)), _describe)
+    emit(args, _public(runtime, runtime.service.set_enabled(args.id, False, Actor.cli())), _describe)
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
-    connection, result = run_async(runtime.service.test, args.id)
+    connection, result = run_async(runtime.service.test, args.id, Actor.cli())
     data = _public(runtime, connection)
     data["test"] = {"ok": result.ok, "error": result.error, "warnings": list(result.warnings)}
     data["warnings"] = sorted(set(data["warnings"]) | set(result.warnings))
@@ -280,7 +277,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
     data = {**_public(runtime, runtime.service.get(args.id)), "deleted": True}
-    runtime.service.delete(args.id)
+    runtime.service.delete(args.id, Actor.cli())
     emit(args, data, lambda d: f"connection {d['id']} deleted")
     return 0
 
@@ -305,22 +302,6 @@ def _readable_archives(args: argparse.Namespace) -> list[Any]:
     if not archives:
         raise MailpipeError("no configured sink can be listed here; `archive` reads filesystem sinks")
     return archives
-
-
-def _summary(entry: Any) -> dict[str, Any]:
-    meta = entry.metadata
-    journal = meta.get("journal") or {}
-    arrivals = meta.get("arrivals") or []
-    return {
-        "id": entry.id,
-        "connection_id": meta.get("connection_id"),
-        "size": meta.get("size"),
-        "sha256": meta.get("sha256"),
-        "received_at": arrivals[0].get("received_at") if arrivals else None,
-        "arrivals": arrivals,
-        "journal_report": bool(journal),
-        "path": str(entry.eml_path),
-    }
 
 
 def cmd_archive_list(args: argparse.Namespace) -> int:
@@ -393,24 +374,9 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
 
     runtime = open_runtime(args)
     where = QUARANTINE if args.quarantine else QUEUE
-    rows = []
-    for message in runtime.spool.pending(where) if runtime.has_spool else []:
-        state = runtime.spool.state(message.id, where)
-        rows.append(
-            {
-                "spool_id": message.id,
-                "connection_id": message.metadata.get("connection_id"),
-                "size": message.size,
-                "received_at": message.metadata.get("received_at"),
-                "attempts": state.attempts,
-                "stored_in": state.stored_in,
-                "reason": state.last_error,
-                "quarantined_at": state.quarantined_at,
-            }
-        )
     emit(
         args,
-        {"where": where, "messages": rows},
+        spool_view(runtime, where),
         lambda d: "\n".join(
             f"{r['spool_id']}  {r['connection_id']}  attempts={r['attempts']}  {printable(r['reason'])}"
             for r in d["messages"]
@@ -447,11 +413,7 @@ def _sinks(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_sinks_list(args: argparse.Namespace) -> int:
     runtime = open_runtime(args)
-    rows = [
-        {"name": t["name"], "type": t["type"], "required": bool(t.get("required", True))}
-        for t in runtime.config.sinks
-    ]
-    emit(args, {"sinks": rows}, lambda d: "\n".join(
+    emit(args, sinks_view(runtime.config), lambda d: "\n".join(
         f"{r['name']:<16} {r['type']:<12} {'required' if r['required'] else 'optional'}" for r in d["sinks"]))
     return 0
 

@@ -247,6 +247,30 @@ class SpoolConfig(_Section):
         return None if value is None else int(value)
 
 
+class HttpConfig(_Section):
+    """The console and API (mailpipe.http); ``listen = ""`` turns them off."""
+
+    listen: str = Field(
+        "127.0.0.1:8025", description='"host:port" (e.g. "127.0.0.1:8025"), or "" to turn the console and API off'
+    )
+    tls_cert: str | None = Field(None, description="the path of a PEM certificate chain, as a string")
+    tls_key: str | None = Field(None, description="the path of a PEM private key, as a string")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="hours a console login lasts, e.g. 12")
+
+    @field_validator("listen", mode="after")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+            raise ValueError('must be HOST:PORT (e.g. "127.0.0.1:8025") or "" to turn it off')
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "HttpConfig":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together; set both or neither")
+        return self
+
+
 class SinkTable(BaseModel):
     """The host's keys of a ``[[sinks]]`` table; the others go to the sink type."""
 
@@ -267,6 +291,7 @@ class ConfigFile(BaseModel):
     pipeline: PipelineConfig = PipelineConfig()
     plugins: PluginsConfig = PluginsConfig()
     spool: SpoolConfig = SpoolConfig()
+    http: HttpConfig = HttpConfig()
     sinks: list[SinkTable] | None = None
 
 
@@ -276,6 +301,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "pipeline": PipelineConfig,
     "plugins": PluginsConfig,
     "spool": SpoolConfig,
+    "http": HttpConfig,
     "sinks": SinkTable,
 }
 
@@ -293,6 +319,7 @@ class Config:
     group: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     spool: SpoolConfig = SpoolConfig()
+    http: HttpConfig = HttpConfig()
 
     @property
     def spool_dir(self) -> Path:
@@ -362,6 +389,10 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         group=checked.server.group,
         raw=raw,
         spool=checked.spool,
+        http=checked.http.model_copy(update={
+            key: str(_path(base, getattr(checked.http, key))) for key in ("tls_cert", "tls_key")
+            if getattr(checked.http, key)
+        }),
     )
 
 

@@ -2,6 +2,9 @@
 
 add → validate → stored disabled and untested; edit → re-validate, status
 back to untested; enable / disable; test → testing → ok | failed; delete.
+
+Every change names its ``Actor`` and is recorded in the audit log here
+(secrets masked as in ``public``), so the CLI and the API record the same.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from mailpipe.audit import SYSTEM, Actor, AuditLog
 from mailpipe.config import Config
 from mailpipe.errors import NotFound, ValidationError
 from mailpipe.plugin_host import PluginHost
@@ -40,6 +44,18 @@ class ConnectionService:
         self.host = host
         self.store = store
         self.box = box
+        self.audit = AuditLog(store)
+
+    def _record(
+        self, actor: Actor, action: str, connection_id: str,
+        before: Connection | None, after: Connection | None,
+    ) -> None:
+        self.audit.record(
+            actor, f"connection.{action}", f"connection:{connection_id}",
+            before=self.public(before) if before else None,
+            after=self.public(after) if after else None,
+            connection_id=connection_id,
+        )
 
     # --- reading ---------------------------------------------------------
 
@@ -103,7 +119,9 @@ class ConnectionService:
         """Raise what ``add`` would refuse, without storing anything."""
         await self._validated(self.host.connection_type(type_name), raw_settings, connection_id=None)
 
-    async def add(self, type_name: str, description: str, raw_settings: dict[str, Any]) -> Connection:
+    async def add(
+        self, type_name: str, description: str, raw_settings: dict[str, Any], actor: Actor = SYSTEM
+    ) -> Connection:
         connection_type = self.host.connection_type(type_name)
         settings = await self._validated(connection_type, raw_settings, connection_id=None)
         now = utc_now()
@@ -125,10 +143,13 @@ class ConnectionService:
             updated=now,
         )
         self.store.insert(row)
-        return self.to_connection(row)
+        added = self.to_connection(row)
+        self._record(actor, "add", row.id, None, added)
+        return added
 
     async def edit(
-        self, connection_id: str, raw_settings: dict[str, Any], description: str | None = None
+        self, connection_id: str, raw_settings: dict[str, Any], description: str | None = None,
+        actor: Actor = SYSTEM,
     ) -> Connection:
         row = self._stored(connection_id)
         current = self.to_connection(row)
@@ -141,24 +162,41 @@ class ConnectionService:
         row.status, row.status_error, row.status_time = Status.UNTESTED.value, "", None
         row.updated = utc_now()
         self.store.update(row)
-        return self.to_connection(row)
+        edited = self.to_connection(row)
+        self._record(actor, "edit", connection_id, current, edited)
+        return edited
 
-    def set_enabled(self, connection_id: str, enabled: bool) -> Connection:
+    def set_enabled(self, connection_id: str, enabled: bool, actor: Actor = SYSTEM) -> Connection:
         row = self._stored(connection_id)
+        before = self.to_connection(row)
         row.enabled = enabled
         row.updated = utc_now()
         self.store.update(row)
-        return self.to_connection(row)
+        after = self.to_connection(row)
+        self._record(actor, "enable" if enabled else "disable", connection_id, before, after)
+        return after
 
-    def delete(self, connection_id: str) -> None:
-        if not self.store.delete(connection_id):
+    def delete(self, connection_id: str, actor: Actor = SYSTEM) -> None:
+        before = self.find(connection_id)
+        if before is None or not self.store.delete(connection_id):
             raise NotFound(
                 f"no connection with id {connection_id!r}; `mailpipe connections list` shows the ids"
             )
+        self._record(actor, "delete", connection_id, before, None)
 
-    async def test(self, connection_id: str) -> tuple[Connection, TestResult]:
+    async def test(self, connection_id: str, actor: Actor = SYSTEM) -> tuple[Connection, TestResult]:
+        current = self.begin_test(connection_id, actor)
+        return await self.finish_test(current)
+
+    def begin_test(self, connection_id: str, actor: Actor = SYSTEM) -> Connection:
+        """Status → testing (recorded as a test by ``actor``); ``finish_test`` runs it.
+        Split so the API can answer 202 with the testing status at once."""
         current = self.get(connection_id)
-        self._set_status(current, Status.TESTING, "")
+        testing = self._set_status(current, Status.TESTING, "")
+        self._record(actor, "test", connection_id, current, testing)
+        return testing
+
+    async def finish_test(self, current: Connection) -> tuple[Connection, TestResult]:
         result = await self.run_test(current)
         status = Status.OK if result.ok else Status.FAILED
         return self._set_status(current, status, result.error), result

@@ -36,6 +36,7 @@ from mailpipe.config import PipelineConfig
 from mailpipe.disk_space import storage_full
 from mailpipe.errors import MessageRejected, SinkUnavailable
 from mailpipe.logs import ConditionLog
+from mailpipe.metrics import METRICS
 from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
 from mailpipe.types import Sink
 
@@ -199,7 +200,12 @@ class Pipeline:
 
         async def deliver(slot: SinkSlot) -> None:
             todo = [m for m, state in loaded if slot.name not in state.stored_in]
+            started = time.monotonic()
             failed = await _store_all(slot, todo)
+            if todo:
+                METRICS.store_seconds.labels(slot.name).observe(time.monotonic() - started)
+                METRICS.archived.labels(slot.name).inc(len(todo) - len(failed))
+                METRICS.sink_errors.labels(slot.name).inc(len(failed))
             for message, state in loaded:
                 if message in todo and message.id not in failed:
                     state.stored_in.append(slot.name)

@@ -33,6 +33,7 @@ from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
 from mailpipe import sd_notify
 from mailpipe.errors import MailpipeError
+from mailpipe.metrics import METRICS
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline_process import run_pipeline
 from mailpipe.runtime import Runtime
@@ -90,6 +91,10 @@ class Server:
                     from mailpipe.smtp.listener import run_smtp_listener
 
                     await group.start(run_smtp_listener, self)
+                if runtime.config.http.listen:
+                    from mailpipe.http.app import run_http
+
+                    await group.start(run_http, runtime)
                 log.info(
                     "mailpipe is running",
                     extra={
@@ -178,6 +183,7 @@ class Server:
                     await self._run_collect_hooks(connection)
                     log.warning("collector returned; restarting", extra={"connection": connection.id})
                 except Exception as error:
+                    METRICS.collector_errors.labels(connection.id).inc()
                     log.error(
                         "collector failed; restarting",
                         extra={"connection": connection.id, "error": str(error), "retry_in_seconds": delay},
@@ -217,6 +223,7 @@ class Server:
             try:
                 await staged.writer.write_all_async(chunks)
                 message: SpooledMessage = await committer.commit(staged)
+                METRICS.collected.labels(connection.id, connection.type).inc()
             except BaseException:
                 staged.abort()
                 raise

@@ -37,6 +37,36 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO revision (id, value) VALUES (1, 0);
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: operator accounts, bearer tokens (hashed) and the append-only audit log
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created TEXT NOT NULL,
+        updated TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created TEXT NOT NULL,
+        last_used TEXT
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        recorded_at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        connection_id TEXT,
+        before TEXT,
+        after TEXT
+    );
+    CREATE INDEX audit_connection ON audit (connection_id, seq)
+    """,
 )
 
 
@@ -157,6 +187,26 @@ class SQLiteStore:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value)),
             )
+
+
+    # --- plain SQL for the accounts and audit tables (mailpipe.accounts, mailpipe.audit) ---
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write in its own transaction; the number of rows it changed.
+        Accounts and the audit log do not bump the connections' revision."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                count = self._db.execute(sql, params).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return count
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, params).fetchall()]
 
 
 def _params(row: StoredConnection) -> tuple[Any, ...]:

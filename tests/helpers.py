@@ -37,6 +37,9 @@ def write_config(directory: Path, extra: str = "", smtp_port: int | None = None,
         '[pipeline]\nbackoff_initial = 0.05\nbackoff_max = 0.5\n\n'
         f"{sink_text}\n{extra}\n"
     )
+    if "[http]" not in extra:  # the console only where a test asks for it: no clash on port 8025
+        text += '\n[http]\nlisten = ""\n'
+
     path = directory / "mailpipe.toml"
     path.write_text(text)
     return path

@@ -33,6 +33,7 @@ from mailpipe.group_commit import GroupCommitter
 from mailpipe.smtp.aiosmtpd_compat import SMTPBase
 from mailpipe.smtp.data import PIECE_LIMIT, read_data
 from mailpipe.smtp.limits import ConnectionLimits
+from mailpipe.metrics import METRICS
 from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
 from mailpipe.smtp.routing import Router
 from mailpipe.types import Envelope
@@ -269,6 +270,7 @@ class MailpipeSMTP(SMTPBase):
         )
         routed = await self.context.router.route(envelope)
         if routed.connection is None:
+            METRICS.recipients_refused.labels(routed.refusal_reason or "refused", routed.reply[:1] + "xx").inc()
             log.info(
                 "recipient refused",
                 extra={"rcpt_to": address, "peer_ip": envelope.peer_ip, "proxied_ip": envelope.proxied_ip,

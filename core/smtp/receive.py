@@ -24,6 +24,7 @@ import anyio
 
 from mailpipe.config import SmtpConfig
 from mailpipe.disk_space import storage_full
+from mailpipe.metrics import count_reply
 from mailpipe.smtp.data import RFC_LINE_LIMIT, DataChecks, DotUnstuffer
 from mailpipe.group_commit import GroupCommitter, StagedMessage
 from mailpipe.spool import SpooledMessage
@@ -146,6 +147,11 @@ class MessageReceiver:
 
     async def finish(self) -> str:
         """Commit every copy; the reply line for the client."""
+        reply = await self._finish()
+        count_reply([route.connection.id for route in self.routes], reply)
+        return reply
+
+    async def _finish(self) -> str:
         if self.refusal is None:
             self._take(self.unstuffer.flush())
         if self.refusal is not None:

@@ -1,0 +1,1 @@
+"""The operator console and HTTP API (Starlette app served by uvicorn inside ``mailpipe serve``)."""
