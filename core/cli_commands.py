@@ -14,6 +14,7 @@ from typing import Any
 from mailpipe import cli_config
 from mailpipe.cli import emit, fail, open_runtime, printable, run_async, settings_from
 from mailpipe.errors import MailpipeError
+from mailpipe.types import ReadableArchive
 
 SECRETS_HELP = """\
 secret settings (such as password) need not be typed on the command line,
@@ -199,15 +200,8 @@ def _describe(connection: dict[str, Any]) -> str:
 
 def _public(runtime: Any, connection: Any) -> dict[str, Any]:
     data = runtime.service.public(connection)
-    data["warnings"] = connection_warnings(runtime, connection)
+    data["warnings"] = runtime.service.warnings(connection)
     return data
-
-
-def connection_warnings(runtime: Any, connection: Any) -> list[str]:
-    """Settings that work but that an operator should know about."""
-    if connection.settings.get("tls_verify") is False:
-        return ["tls_verify is false: the server's certificate is not checked"]
-    return []
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -299,9 +293,9 @@ def _archive(commands: Any, common: argparse.ArgumentParser) -> None:
     ).set_defaults(handler=cmd_archive_verify)
 
 
-def _readable_archives(args: argparse.Namespace) -> list[Any]:
+def _readable_archives(args: argparse.Namespace) -> list[ReadableArchive]:
     runtime = open_runtime(args)
-    archives = [slot.sink for slot in runtime.build_sinks() if hasattr(slot.sink, "entries")]
+    archives = [slot.sink for slot in runtime.build_sinks() if isinstance(slot.sink, ReadableArchive)]
     if not archives:
         raise MailpipeError("no configured sink can be listed here; `archive` reads filesystem sinks")
     return archives

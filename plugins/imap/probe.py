@@ -20,12 +20,8 @@ from mailpipe.plugins.imap.client import (
     ImapSession,
     describe_connect_failure,
 )
-from mailpipe.plugins.imap.settings import ImapSettings
+from mailpipe.plugins.imap.settings import TLS_VERIFY_OFF, ImapSettings
 from mailpipe.types import TestResult
-
-#: The same words the core uses for ``connections show``, so ``test`` does
-#: not print the warning twice.
-TLS_VERIFY_OFF = "tls_verify is false: the server's certificate is not checked"
 
 
 def asyncio_required() -> str | None:
