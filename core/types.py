@@ -236,7 +236,7 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """An ``accept`` hook's answer for one SMTP recipient (Haraka style:
+    """A connection type's ``accept`` answer for one SMTP recipient (Haraka style:
     DENY becomes a 5xx reply, DENYSOFT a 4xx reply)."""
 
     verdict: Verdict
@@ -277,7 +277,7 @@ class Connection:
 
 @dataclass(frozen=True)
 class Envelope:
-    """The SMTP envelope of one transaction, as the accept hook sees it."""
+    """The SMTP envelope of one transaction, as a type's ``accept`` sees it."""
 
     peer_ip: str
     helo: str
@@ -294,7 +294,7 @@ class Envelope:
 
 @dataclass
 class ValidationContext:
-    """What ``mailpipe_validate`` may consult besides the settings."""
+    """What a connection type's ``validate`` and ``test`` may consult besides the settings."""
 
     find_connection: Callable[[str], Connection | None]
     accepted_domains: tuple[str, ...] = ()
@@ -303,7 +303,8 @@ class ValidationContext:
 
 @dataclass
 class CollectContext:
-    """Handed to ``mailpipe_collect``: where to put mail and state.
+    """Handed to a connection type's ``collect`` (and, per connection, to
+    ``serve``): where to put mail and state.
 
     ``spool_bytes(data, metadata)`` and ``spool_file(path, metadata)`` return
     only after the message is durable; only then may the collector flag,

@@ -1,7 +1,7 @@
 """imap: mailpipe logs in to a journaling mailbox over implicit TLS and pulls.
 
 The registration only names the callables; the work lives beside this file:
-``settings.py`` (schema, validation), ``probe.py`` (the test hook),
+``settings.py`` (schema, validation), ``probe.py`` (the test),
 ``collector.py`` (incremental, crash-safe collection), ``client.py``
 (the guarded aioimaplib session). See README.md in this folder.
 """

@@ -1,4 +1,4 @@
-"""The test hook's work: can mailpipe reach, trust, log in to and open the mailbox?
+"""The connection test's work: can mailpipe reach, trust, log in to and open the mailbox?
 
 Each step runs against what is left of one time budget (the connection's
 ``timeout``, 15 s by default), and each failure says which step failed and
