@@ -106,6 +106,7 @@ class ConnectionType:
         return self.provenance or self.name
 
 
+@runtime_checkable
 class Sink(Protocol):
     """What a sink object must do. ``store`` is idempotent: storing the same
     message twice (a retry after a crash) leaves one copy.
