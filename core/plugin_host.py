@@ -137,18 +137,18 @@ class PluginHost:
             info = self.infos.setdefault(plugin_name, PluginInfo(plugin_name, "", ""))
             info.hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
             info.connection_types, info.sink_types = [], []
-            for connection_type in self._registrations(plugin_name, "mailpipe_connection_types", ConnectionType):
-                _check_kind(connection_type, plugin_name)
-                _claim(ct_owner, "connection type", connection_type.name, plugin_name)
-                self.connection_types[connection_type.name] = connection_type
-                info.connection_types.append(connection_type.name)
-            for sink_type in self._registrations(plugin_name, "mailpipe_sink_types", SinkType):
-                _claim(sink_owner, "sink type", sink_type.name, plugin_name)
-                self.sink_types[sink_type.name] = sink_type
-                info.sink_types.append(sink_type.name)
+        for plugin_name, connection_type in self._registrations("mailpipe_connection_types", ConnectionType):
+            _check_kind(connection_type, plugin_name)
+            _claim(ct_owner, "connection type", connection_type.name, plugin_name)
+            self.connection_types[connection_type.name] = connection_type
+            self.infos[plugin_name].connection_types.append(connection_type.name)
+        for plugin_name, sink_type in self._registrations("mailpipe_sink_types", SinkType):
+            _claim(sink_owner, "sink type", sink_type.name, plugin_name)
+            self.sink_types[sink_type.name] = sink_type
+            self.infos[plugin_name].sink_types.append(sink_type.name)
 
-    def _registrations(self, plugin_name: str, hook_name: str, kind: type) -> list[Any]:
-        """What one plugin registered through one registration hook.
+    def _registrations(self, hook_name: str, kind: type) -> list[tuple[str, Any]]:
+        """``(plugin name, registered object)`` for every answer to one registration hook.
 
         pluggy's hook call returns every plugin's answers in one flat list;
         the host needs to know which plugin registered what (to name both in
@@ -156,10 +156,9 @@ class PluginHost:
         implementation through pluggy's public ``HookImpl``.
         """
         caller = getattr(self.manager.hook, hook_name)
-        registered: list[Any] = []
+        registered: list[tuple[str, Any]] = []
         for implementation in caller.get_hookimpls():
-            if implementation.plugin_name != plugin_name:
-                continue
+            plugin_name = implementation.plugin_name
             result = implementation.function()
             if inspect.isawaitable(result):
                 close = getattr(result, "close", None)
@@ -175,7 +174,7 @@ class PluginHost:
                         f"plugin {plugin_name!r}: {hook_name} returned {item!r}; "
                         f"return {kind.__name__} objects (see docs/plugins.md)"
                     )
-                registered.append(item)
+                registered.append((plugin_name, item))
         return registered
 
     # --- lookups -----------------------------------------------------------

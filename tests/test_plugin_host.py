@@ -268,3 +268,15 @@ def test_hook_typos_are_caught(tmp_path: Path) -> None:
     host.register(Typo(), "typo")
     with pytest.raises(PluginError, match="mailpipe_connection_type"):
         host.collect_registrations()
+
+
+def test_an_async_registration_hook_is_refused_with_a_reason() -> None:
+    class AsyncRegistration:
+        @hookimpl
+        async def mailpipe_connection_types(self):  # type: ignore[no-untyped-def]
+            return []
+
+    host = PluginHost()
+    host.register(AsyncRegistration(), "eager")
+    with _no_unawaited_coroutine_warnings(), pytest.raises(PluginError, match="'eager'.*plain `def`"):
+        host.collect_registrations()
