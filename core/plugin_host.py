@@ -104,17 +104,33 @@ class PluginHost:
                 )
                 continue
             self.register(module, entry_point.name, _distribution_of(entry_point))
-            try:
-                self.manager.check_pending()
-            except pluggy.PluginValidationError as error:
+            problem = self._load_problem(entry_point.name)
+            if problem:
                 self.manager.unregister(name=entry_point.name)
                 self.infos.pop(entry_point.name, None)
-                self.broken.append(BrokenPlugin(entry_point.name, entry_point.value, _hook_typo(error)))
+                self.broken.append(BrokenPlugin(entry_point.name, entry_point.value, problem))
         self.collect_registrations()
 
     def register(self, module: ModuleType | object, name: str, dist: tuple[str, str] = ("", "")) -> None:
         self.manager.register(module, name=name)
         self.infos[name] = PluginInfo(name=name, distribution=dist[0], version=dist[1])
+
+    def _load_problem(self, plugin_name: str) -> str | None:
+        """Why a just-registered plugin cannot be used (a hook name mailpipe
+        does not have, a registration that is not what its kind needs), so
+        that it is skipped and reported like one that fails to import."""
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as error:
+            return _hook_typo(error)
+        try:
+            for owner, connection_type in self._registrations("mailpipe_connection_types", ConnectionType):
+                if owner == plugin_name:
+                    _check_kind(connection_type, owner)
+            self._registrations("mailpipe_sink_types", SinkType)
+        except PluginError as error:
+            return str(error)
+        return None
 
     def _wanted(self, name: str, only: list[str] | None) -> bool:
         if only is not None and name not in only:

@@ -280,3 +280,28 @@ def test_an_async_registration_hook_is_refused_with_a_reason() -> None:
     host.register(AsyncRegistration(), "eager")
     with _no_unawaited_coroutine_warnings(), pytest.raises(PluginError, match="'eager'.*plain `def`"):
         host.collect_registrations()
+
+
+def test_an_installed_type_without_what_its_kind_needs_is_reported_and_skipped(
+    tmp_path: Path, config_path: Path
+) -> None:
+    """Found through its entry point like any third-party plugin: the host
+    skips it with the reason, and everything else keeps working."""
+    site = tmp_path / "site"
+    dist = site / "half_vendor-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-vendor\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mailpipe]\nhalf_vendor = half_vendor_plugin\n")
+    (site / "half_vendor_plugin.py").write_text(textwrap.dedent("""
+        from mailpipe import hookimpl
+        from mailpipe.types import ConnectionType
+
+        @hookimpl
+        def mailpipe_connection_types():
+            return [ConnectionType(name="half", description="pulls nothing", receives="pull")]
+    """))
+    result = cli(config_path, "plugins", env={"PYTHONPATH": str(site)}, check=True)
+    broken = {b["name"]: b["error"] for b in result.json["broken"]}
+    assert "'half_vendor'" in broken["half_vendor"] and "no collect=" in broken["half_vendor"]
+    assert "half" not in {t for p in result.json["plugins"] for t in p["connection_types"]}
+    assert BUILTIN_TYPES <= {t for p in result.json["plugins"] for t in p["connection_types"]}
