@@ -18,6 +18,7 @@ from mailpipe.errors import MailpipeError
 from mailpipe.views import archive_summary as _summary
 from mailpipe.views import connection_view as _public
 from mailpipe.views import plugins_view, sinks_view, spool_view
+from mailpipe.types import ReadableArchive
 
 SECRETS_HELP = """\
 secret settings (such as password) need not be typed on the command line,
@@ -296,9 +297,9 @@ def _archive(commands: Any, common: argparse.ArgumentParser) -> None:
     ).set_defaults(handler=cmd_archive_verify)
 
 
-def _readable_archives(args: argparse.Namespace) -> list[Any]:
+def _readable_archives(args: argparse.Namespace) -> list[ReadableArchive]:
     runtime = open_runtime(args)
-    archives = [slot.sink for slot in runtime.build_sinks() if hasattr(slot.sink, "entries")]
+    archives = [slot.sink for slot in runtime.build_sinks() if isinstance(slot.sink, ReadableArchive)]
     if not archives:
         raise MailpipeError("no configured sink can be listed here; `archive` reads filesystem sinks")
     return archives

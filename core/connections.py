@@ -204,20 +204,16 @@ class ConnectionService:
     async def run_test(self, connection: Connection) -> TestResult:
         try:
             with anyio.fail_after(TEST_TIMEOUT_SECONDS):
-                results = await self.host.call(
-                    "mailpipe_test", connection=connection, context=self._context(connection.id)
-                )
+                return await self.host.test(connection, self._context(connection.id))
         except TimeoutError:
             return TestResult(ok=False, error=f"the test did not finish within {TEST_TIMEOUT_SECONDS:.0f} s")
         except Exception as error:  # a plugin bug must still end as a red status
             return TestResult(ok=False, error=f"the {connection.type} test crashed: {error}")
-        if not results:
-            return TestResult(ok=False, error=f"no installed plugin can test {connection.type!r} connections")
-        failed = [r for r in results if not r.ok]
-        if failed:
-            return failed[0]
-        warnings = tuple(w for r in results for w in r.warnings)
-        return TestResult(ok=True, warnings=warnings, details={k: v for r in results for k, v in r.details.items()})
+
+    def warnings(self, connection: Connection) -> list[str]:
+        """Settings that work but that an operator should know about (the
+        connection type says which), shown with the connection."""
+        return self.host.warnings(connection)
 
     # --- helpers ---------------------------------------------------------
 
@@ -235,13 +231,7 @@ class ConnectionService:
         settings, problems = convert(connection_type, raw)
         problems += complete(connection_type, settings)
         if not problems:
-            for answer in await self.host.call(
-                "mailpipe_validate",
-                connection_type=connection_type.name,
-                settings=settings,
-                context=self._context(connection_id),
-            ):
-                problems.extend(answer)
+            problems += await self.host.validate(connection_type, settings, self._context(connection_id))
         if problems:
             raise ValidationError(problems)
         return settings

@@ -5,7 +5,8 @@ message. Its ``text/plain`` part holds the *envelope*: who really sent the
 message and to whom it was really delivered, including Bcc recipients and the
 members of expanded distribution lists. The envelope is recorded nowhere
 else, so the pipeline stores what this module parses beside the archived
-bytes (see DESIGN.md, "Journal reports").
+bytes. The format is the one Microsoft publishes ("Journaling in Exchange
+Server", section "Journal reports", on learn.microsoft.com).
 
 Exchange 2007+ and Office 365 mark reports with an ``X-MS-Journal-Report:``
 header (its value is empty: presence is what counts); Exchange 2003 marked

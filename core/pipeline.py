@@ -37,14 +37,13 @@ from mailpipe.disk_space import storage_full
 from mailpipe.errors import MessageRejected, SinkUnavailable
 from mailpipe.logs import ConditionLog
 from mailpipe.metrics import METRICS
+from mailpipe.sink_batch import store_each
 from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
-from mailpipe.types import Sink
+from mailpipe.types import BatchSink, Failure, Sink
 
 log = logging.getLogger("mailpipe.pipeline")
 
 Enricher = Callable[[SpooledMessage], dict[str, Any]]
-#: What a sink reports for one message it could not store.
-Failure = BaseException | str
 RESCAN_SECONDS = 1.0
 BATCH_PATIENCE_SECONDS = 0.005
 #: A batch whose progress could not be recorded (disk full) is tried again after this.
@@ -183,7 +182,7 @@ class Pipeline:
         await self.process_batch([spool_id])
 
     async def process_batch(self, spool_ids: list[str]) -> None:
-        """Deliver several messages; sinks with ``store_batch`` get them at once."""
+        """Deliver several messages; a ``BatchSink`` gets them at once."""
         # Scheduled twice (announce and rescan) or already being delivered: skip.
         chosen = [i for i in dict.fromkeys(spool_ids) if i not in self._inflight]
         self._inflight.update(chosen)
@@ -329,31 +328,12 @@ async def _store_all(slot: SinkSlot, messages: list[SpooledMessage]) -> dict[str
     """Store in one sink; returns ``{spool id: failure}`` for the failures."""
     if not messages:
         return {}
-    store_batch = getattr(slot.sink, "store_batch", None)
-    if store_batch is not None:
+    if isinstance(slot.sink, BatchSink):
         try:
-            return dict(await store_batch(messages))
+            return dict(await slot.sink.store_batch(messages))
         except Exception as error:
             return {m.id: error for m in messages}
     return await store_each(slot.sink, messages)
-
-
-async def store_each(sink: Sink, messages: list[SpooledMessage]) -> dict[str, Failure]:
-    """One ``store`` call per message, all at once (a sink bounds its own
-    concurrency, as the S3 sink does with ``max_concurrency``); returns
-    ``{spool id: exception}``."""
-    failed: dict[str, Failure] = {}
-
-    async def store(message: SpooledMessage) -> None:
-        try:
-            await sink.store(message)
-        except Exception as error:
-            failed[message.id] = error
-
-    async with anyio.create_task_group() as group:
-        for message in messages:
-            group.start_soon(store, message)
-    return failed
 
 
 def describe(failure: Failure) -> str:

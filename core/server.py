@@ -1,6 +1,7 @@
 """``mailpipe serve``: the SMTP listener, the collectors and the pipeline.
 
-This process runs the collectors and the SMTP listener, and supervises the
+This process runs the collectors, the SMTP listener and the listeners of
+push connection types (``receives="push"``), and supervises the
 pipeline process (mailpipe.pipeline_process; with ``[pipeline] own_process
 = false`` the pipeline runs here instead). With ``--workers N`` (N > 1) the
 SMTP listener moves to N worker processes (mailpipe.smtp.worker).
@@ -25,7 +26,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import anyio
 import anyio.to_thread
@@ -38,7 +39,7 @@ from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline_process import run_pipeline
 from mailpipe.runtime import Runtime
 from mailpipe.spool import SpooledMessage
-from mailpipe.types import CollectContext, Connection
+from mailpipe.types import CollectContext, Connection, ConnectionType, IntakeContext
 
 log = logging.getLogger("mailpipe.server")
 
@@ -87,6 +88,7 @@ class Server:
                 await self._start_pipeline(group)
                 await self._refresh(group)
                 group.start_soon(self._watch, group)
+                self._start_push_listeners(group)
                 if any(t.receives == "smtp" for t in runtime.host.connection_types.values()):
                     from mailpipe.smtp.listener import run_smtp_listener
 
@@ -172,32 +174,35 @@ class Server:
         connection_type = self.runtime.host.connection_types.get(connection.type)
         return connection_type.receives if connection_type else None
 
-    # --- collectors ------------------------------------------------------------
+    # --- collectors and push listeners ---------------------------------------
 
     async def _collect(self, connection: Connection, scope: CancelScope) -> None:
-        delay = COLLECTOR_RESTART_SECONDS[0]
         with scope:
             log.info("starting collector", extra={"connection": connection.id, "type": connection.type})
-            while True:
-                try:
-                    await self._run_collect_hooks(connection)
-                    log.warning("collector returned; restarting", extra={"connection": connection.id})
-                except Exception as error:
-                    METRICS.collector_errors.labels(connection.id).inc()
-                    log.error(
-                        "collector failed; restarting",
-                        extra={"connection": connection.id, "error": str(error), "retry_in_seconds": delay},
-                    )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, COLLECTOR_RESTART_SECONDS[1])
+            await _keep_running(
+                lambda: self.runtime.host.collect(connection, self.collect_context(connection)),
+                "collector",
+                {"connection": connection.id},
+                on_error=lambda: METRICS.collector_errors.labels(connection.id).inc(),
+            )
 
-    async def _run_collect_hooks(self, connection: Connection) -> None:
-        context = self.collect_context(connection)
-        results = self.runtime.host.manager.hook.mailpipe_collect(connection=connection, context=context)
-        async with anyio.create_task_group() as group:
-            for result in results:
-                if hasattr(result, "__await__"):
-                    group.start_soon(_await, result)
+    def _start_push_listeners(self, group: TaskGroup) -> None:
+        for connection_type in self.runtime.host.connection_types.values():
+            if connection_type.receives == "push":
+                group.start_soon(self._serve_push, connection_type)
+
+    async def _serve_push(self, connection_type: ConnectionType) -> None:
+        context = IntakeContext(
+            connections=lambda: [c for c in self.directory.by_id.values() if c.type == connection_type.name],
+            collect_context=self.collect_context,
+            log=logging.LoggerAdapter(log, {"connection_type": connection_type.name}),
+        )
+        log.info("starting push listener", extra={"type": connection_type.name})
+        await _keep_running(
+            lambda: self.runtime.host.serve(connection_type, context),
+            "push listener",
+            {"type": connection_type.name},
+        )
 
     def collect_context(self, connection: Connection) -> CollectContext:
         store = self.runtime.store
@@ -205,13 +210,13 @@ class Server:
             self.committer = GroupCommitter(self.runtime.spool)
         committer = self.committer
 
+        arrival = self.runtime.host.arrival(connection)
+
         def stamp(metadata: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "connection_id": connection.id,
-                "connection_type": connection.type,
-                "provenance": connection.type,
-                **metadata,
-            }
+            # A collector may file a message under another connection (the
+            # failover type files unwrapped reports under the connection it
+            # backs up), but the provenance is the host's, from the registration.
+            return {**arrival, **metadata, "provenance": arrival["provenance"]}
 
         # Through the group committer: a collector that spools a fetched
         # batch concurrently gets one filesystem sync for the whole batch.
@@ -245,8 +250,24 @@ class Server:
         )
 
 
-async def _await(awaitable: Any) -> None:
-    await awaitable
+async def _keep_running(
+    run: Callable[[], Awaitable[None]],
+    what: str,
+    extra: dict[str, str],
+    on_error: Callable[[], None] = lambda: None,
+) -> None:
+    """Run a plugin's long-running callable until cancelled, restarting it
+    with capped exponential backoff whenever it returns or fails."""
+    delay = COLLECTOR_RESTART_SECONDS[0]
+    while True:
+        try:
+            await run()
+            log.warning(f"{what} returned; restarting", extra=extra)
+        except Exception as error:
+            on_error()
+            log.error(f"{what} failed; restarting", extra={**extra, "error": str(error), "retry_in_seconds": delay})
+        await anyio.sleep(delay)
+        delay = min(delay * 2, COLLECTOR_RESTART_SECONDS[1])
 
 
 def _restart_key(connection: Connection) -> tuple[Any, ...]:

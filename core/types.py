@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Literal, Protocol, runtime_checkable
 
 # The sink contract's two failures, importable beside the Sink protocol.
 from mailpipe.errors import MessageRejected, SinkUnavailable  # noqa: F401
@@ -36,26 +37,76 @@ class Setting:
     choices: tuple[str, ...] = ()
 
 
+Receives = Literal["smtp", "pull", "push"]
+#: ``validate(settings, context)``: problems as sentences, ``[]`` when all is well.
+Validate = Callable[[dict[str, Any], "ValidationContext"], "list[str] | Awaitable[list[str]]"]
+#: ``test(connection, context)``: can the connection work now?
+Test = Callable[["Connection", "ValidationContext"], "TestResult | Awaitable[TestResult]"]
+#: ``collect(connection, context)``: pull mail until cancelled.
+Collect = Callable[["Connection", "CollectContext"], Awaitable[None]]
+#: ``accept(connection, envelope)``: the SMTP answer for one recipient.
+Accept = Callable[["Connection", "Envelope"], "Decision | Awaitable[Decision]"]
+#: ``serve(context)``: run a push protocol's listener for every connection of the type.
+Serve = Callable[["IntakeContext"], Awaitable[None]]
+#: ``warnings(connection)``: settings that work but an operator should know about.
+Warnings = Callable[["Connection"], list[str]]
+
+#: The callables a connection type may carry, by field name.
+CALLABLE_FIELDS = ("validate", "test", "collect", "accept", "serve", "warnings")
+#: What each way of receiving needs from its connection type, by field name.
+REQUIRED_BY_KIND: dict[str, str] = {"smtp": "accept", "pull": "collect", "push": "serve"}
+
+
 @dataclass(frozen=True)
 class ConnectionType:
-    """A kind of connection that brings mail in.
+    """A kind of connection that brings mail in, with the callables the host
+    calls for it (as conda's registration objects carry theirs): the host
+    calls them only for connections of this type, so no plugin ever asks
+    "is this call for me?".
 
-    ``receives`` says how mail arrives: ``"smtp"`` types get a unique journal
-    address and are routed by the shared SMTP listener (their
-    ``mailpipe_accept`` decides); ``"pull"`` types run ``mailpipe_collect``
-    while enabled.
+    ``receives`` says how mail arrives, and so which callable the type must
+    give (the host refuses the registration otherwise):
+
+    - ``"smtp"``: each connection gets a unique journal address; the shared
+      SMTP listener calls ``accept(connection, envelope)`` at ``RCPT TO``.
+    - ``"pull"``: ``collect(connection, context)`` runs in its own task while
+      the connection is enabled.
+    - ``"push"``: a new push protocol (a webhook, a vendor's streaming API):
+      ``serve(context)`` runs once for the whole type while the server runs
+      and spools for whichever connection a delivery belongs to.
+
+    ``validate(settings, context)`` (optional) checks settings on ``add`` and
+    ``edit``; ``test(connection, context)`` (optional; without it ``connections
+    test`` says the type offers none) checks that a connection can work now;
+    ``warnings(connection)`` (optional) lists settings that work but that an
+    operator should know about, shown with the connection by every command.
+    Each callable may be ``def`` or ``async def``.
+
+    ``provenance`` is recorded in every arrival's metadata (the type's name
+    when left empty): the host stamps it, never the plugin.
     """
 
     name: str
     description: str
     settings: tuple[Setting, ...] = ()
-    receives: Literal["smtp", "pull"] = "pull"
+    receives: Receives = "pull"
     provenance: str = ""
+    validate: Validate | None = None
+    test: Test | None = None
+    collect: Collect | None = None
+    accept: Accept | None = None
+    serve: Serve | None = None
+    warnings: Warnings | None = None
 
     def setting(self, name: str) -> Setting | None:
         return next((s for s in self.settings if s.name == name), None)
 
+    @property
+    def arrival_provenance(self) -> str:
+        return self.provenance or self.name
 
+
+@runtime_checkable
 class Sink(Protocol):
     """What a sink object must do. ``store`` is idempotent: storing the same
     message twice (a retry after a crash) leaves one copy.
@@ -66,9 +117,12 @@ class Sink(Protocol):
     or :class:`MessageRejected` ("this message is bad for me": counts toward
     ``[pipeline] max_attempts``, then quarantine). Any other exception counts
     as a message problem too, except ``ConnectionError`` and
-    ``TimeoutError``, which mean unavailable. An optional ``store_batch``
-    returns ``{spool id: exception or error text}`` for the messages it could
-    not store (a bare text counts as a message problem).
+    ``TimeoutError``, which mean unavailable.
+
+    Optional abilities are declared protocols of their own, which the host
+    recognises by ``isinstance``: :class:`BatchSink` (store many messages in
+    one call) and :class:`ReadableArchive` (``mailpipe archive list / show /
+    verify`` can read it).
     """
 
     name: str
@@ -78,6 +132,64 @@ class Sink(Protocol):
     async def test(self) -> "TestResult": ...
 
     async def aclose(self) -> None: ...
+
+
+#: What a sink reports for one message it could not store: the exception,
+#: or a bare text (which counts as a message problem).
+Failure = BaseException | str
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that stores many messages in one call, cheaper than one
+    ``store`` each (the filesystem sink syncs the filesystem once per batch).
+    The pipeline hands it up to ``[pipeline] batch_size`` messages at once.
+
+    ``store_batch`` returns ``{spool id: failure}`` for the messages it could
+    not store (an empty dict when all were stored); raising fails the whole
+    batch. ``mailpipe.sink_batch.store_each`` is the one-by-one fallback.
+    """
+
+    async def store_batch(self, messages: list["SpooledMessage"]) -> dict[str, Failure]: ...
+
+
+@dataclass(frozen=True)
+class ArchivedMessage:
+    """One message as an archive lists it: ``connection/sha256``, its file, its metadata."""
+
+    id: str
+    eml_path: Path
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A stored message whose bytes no longer match its recorded hash."""
+
+    id: str
+    problem: str
+
+
+@runtime_checkable
+class ReadableArchive(Sink, Protocol):
+    """A sink whose archive mailpipe can read back (``mailpipe archive``).
+
+    Reading never creates anything: an archive that does not exist yet is an
+    empty one.
+    """
+
+    def entries(self) -> Iterator[ArchivedMessage]: ...
+
+    def find(self, archive_id: str) -> list[ArchivedMessage]:
+        """Every entry whose ``connection/sha256`` or sha256 starts with ``archive_id``
+        (only the exact one when ``archive_id`` is a whole id)."""
+        ...
+
+    def count(self) -> int: ...
+
+    def verify(self, on_checked: Callable[[], None] | None = None) -> tuple[int, list[Mismatch]]:
+        """Re-hash every entry: ``(checked, mismatches)``; ``on_checked()`` after each."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +237,7 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """An ``accept`` hook's answer for one SMTP recipient (Haraka style:
+    """A connection type's ``accept`` answer for one SMTP recipient (Haraka style:
     DENY becomes a 5xx reply, DENYSOFT a 4xx reply)."""
 
     verdict: Verdict
@@ -166,7 +278,7 @@ class Connection:
 
 @dataclass(frozen=True)
 class Envelope:
-    """The SMTP envelope of one transaction, as the accept hook sees it."""
+    """The SMTP envelope of one transaction, as a type's ``accept`` sees it."""
 
     peer_ip: str
     helo: str
@@ -183,7 +295,7 @@ class Envelope:
 
 @dataclass
 class ValidationContext:
-    """What ``mailpipe_validate`` may consult besides the settings."""
+    """What a connection type's ``validate`` and ``test`` may consult besides the settings."""
 
     find_connection: Callable[[str], Connection | None]
     accepted_domains: tuple[str, ...] = ()
@@ -192,7 +304,8 @@ class ValidationContext:
 
 @dataclass
 class CollectContext:
-    """Handed to ``mailpipe_collect``: where to put mail and state.
+    """Handed to a connection type's ``collect`` (and, per connection, to
+    ``serve``): where to put mail and state.
 
     ``spool_bytes(data, metadata)`` and ``spool_file(path, metadata)`` return
     only after the message is durable; only then may the collector flag,
@@ -204,4 +317,16 @@ class CollectContext:
     get_state: Callable[[str], Awaitable[Any]]
     set_state: Callable[[str, Any], Awaitable[None]]
     find_connection: Callable[[str], Connection | None]
+    log: Any
+
+
+@dataclass
+class IntakeContext:
+    """Handed to a push type's ``serve``: the type's connections as they are
+    now, and a :class:`CollectContext` for the one a delivery belongs to
+    (whose ``spool_bytes`` returns once the message is durable; only then may
+    the protocol acknowledge it to the sender)."""
+
+    connections: Callable[[], list[Connection]]
+    collect_context: Callable[[Connection], CollectContext]
     log: Any

@@ -15,16 +15,12 @@ from mailpipe.types import Connection, ConnectionType
 
 
 def connection_view(runtime: Any, connection: Connection) -> dict[str, Any]:
+    """A connection as the CLI's --json and the API show it, with the
+    warnings its type's plugin gives (settings that work but that an
+    operator should know about)."""
     data = runtime.service.public(connection)
-    data["warnings"] = connection_warnings(connection)
+    data["warnings"] = runtime.service.warnings(connection)
     return data
-
-
-def connection_warnings(connection: Connection) -> list[str]:
-    """Settings that work but that an operator should know about."""
-    if connection.settings.get("tls_verify") is False:
-        return ["tls_verify is false: the server's certificate is not checked"]
-    return []
 
 
 def plugins_view(host: PluginHost) -> dict[str, Any]:

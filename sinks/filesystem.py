@@ -32,7 +32,6 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -42,9 +41,9 @@ from mailpipe import hookimpl
 from mailpipe.durability import SYNCFS, sync_filesystem_of
 from mailpipe.errors import MessageRejected, SinkUnavailable
 from mailpipe.permissions import group_id, secure_directory
-from mailpipe.pipeline import Failure, store_each
+from mailpipe.sink_batch import store_each
 from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
-from mailpipe.types import Setting, SinkContext, SinkType, TestResult
+from mailpipe.types import ArchivedMessage, Failure, Mismatch, Setting, SinkContext, SinkType, TestResult
 
 log = logging.getLogger("mailpipe.sinks.filesystem")
 
@@ -64,19 +63,6 @@ ARRIVAL_KEYS = (
     "notes",
     "via_connection",
 )
-
-
-@dataclass(frozen=True)
-class ArchivedMessage:
-    id: str
-    eml_path: Path
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    id: str
-    problem: str
 
 
 class FilesystemSink:

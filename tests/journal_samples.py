@@ -1,7 +1,7 @@
 """Builders of journal reports and non-delivery reports, for tests.
 
-They follow Microsoft's published envelope-journaling format (see DESIGN.md,
-"Journal reports") and return whole RFC 5322 messages as ``bytes`` with CRLF
+They follow Microsoft's published envelope-journaling format ("Journaling in
+Exchange Server", section "Journal reports", on learn.microsoft.com) and return whole RFC 5322 messages as ``bytes`` with CRLF
 line endings; pass the result through :func:`to_lf` for a bare-LF variant.
 Output is deterministic: boundaries and Message-IDs are derived from a hash of
 the content, so they never occur inside it.

@@ -1,4 +1,4 @@
-"""Plugin loading: entry points, clashes, broken plugins, allow/block, async hooks."""
+"""Plugin loading: entry points, clashes, broken plugins, allow/block, dispatch by type."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from mailpipe import hookimpl
 from mailpipe.config import PluginsConfig
 from mailpipe.errors import PluginError
 from mailpipe.plugin_host import PluginHost, load_plugins
-from mailpipe.types import ConnectionType, ValidationContext
+from mailpipe.types import (
+    Connection,
+    ConnectionType,
+    Decision,
+    Envelope,
+    IntakeContext,
+    TestResult,
+    ValidationContext,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mailpipe-example"
 BUILTIN_TYPES = {"smtp_o365", "smtp_exchange"}
@@ -42,9 +50,10 @@ def test_example_package_is_discovered(example_installed: None, config_path: Pat
     plugins = {p["name"]: p for p in result.json["plugins"]}
     assert plugins["example"]["distribution"] == "mailpipe-example"
     assert plugins["example"]["version"] == "1.0.0"
-    assert plugins["example"]["connection_types"] == ["maildir_drop"]
+    assert plugins["example"]["connection_types"] == ["maildir_drop", "tcp_drop"]
     assert plugins["example"]["sink_types"] == ["example_jsonl"]
-    assert "mailpipe_collect" in plugins["example"]["hooks"]
+    # What a type does is on its registration, not in per-connection hooks.
+    assert plugins["example"]["hooks"] == ["mailpipe_connection_types", "mailpipe_sink_types"]
 
 
 class _Clash:
@@ -53,7 +62,11 @@ class _Clash:
 
     @hookimpl
     def mailpipe_connection_types(self) -> list[ConnectionType]:
-        return [ConnectionType(name="smtp_o365", description=self.label)]
+        return [ConnectionType(name="smtp_o365", description=self.label, receives="smtp", accept=_accept_all)]
+
+
+def _accept_all(connection: Connection, envelope: Envelope) -> Decision:
+    return Decision.accept()
 
 
 def test_name_clash_is_an_error_naming_both() -> None:
@@ -109,50 +122,122 @@ def test_block_from_config_file(tmp_path: Path) -> None:
     assert "unknown connection type 'smtp_o365'" in result.err
 
 
-# --- async hook implementations -----------------------------------------------
+# --- dispatch by type ------------------------------------------------------------
 
 
-class _AsyncValidatorA:
+class _Recorder:
+    """Registers one type whose callables record every call they get, one of
+    them ``def`` and the others ``async def``."""
+
+    def __init__(self, type_name: str, calls: list[tuple[str, str]]) -> None:
+        self.type_name, self.calls = type_name, calls
+
     @hookimpl
-    async def mailpipe_validate(self, connection_type, settings, context):  # type: ignore[no-untyped-def]
-        import anyio
+    def mailpipe_connection_types(self) -> list[ConnectionType]:
+        async def validate(settings, context):  # type: ignore[no-untyped-def]
+            import anyio
 
-        await anyio.sleep(0.01)
-        return ["from A"]
+            await anyio.sleep(0)
+            self.calls.append((self.type_name, "validate"))
+            return [f"problem from {self.type_name}"]
 
+        def test(connection, context):  # type: ignore[no-untyped-def]
+            self.calls.append((self.type_name, "test"))
+            return TestResult(ok=True, details={"by": self.type_name})
 
-class _AsyncValidatorB:
-    @hookimpl
-    async def mailpipe_validate(self, connection_type, settings, context):  # type: ignore[no-untyped-def]
-        import anyio
+        async def collect(connection, context):  # type: ignore[no-untyped-def]
+            self.calls.append((self.type_name, "collect"))
 
-        await anyio.sleep(0)
-        return ["from B"]
-
-
-class _SyncValidatorNone:
-    @hookimpl
-    def mailpipe_validate(self, connection_type, settings, context):  # type: ignore[no-untyped-def]
-        return None
+        return [ConnectionType(name=self.type_name, description="x", validate=validate, test=test, collect=collect)]
 
 
-class _AsyncValidatorNone:
-    @hookimpl
-    async def mailpipe_validate(self, connection_type, settings, context):  # type: ignore[no-untyped-def]
-        return None
+def _connection(type_name: str) -> Connection:
+    return Connection(id="c1", type=type_name, description="", enabled=True, settings={})
 
 
 @pytest.mark.anyio
-async def test_two_async_implementations_both_run_and_both_answer() -> None:
+async def test_only_the_owning_type_is_called() -> None:
+    calls: list[tuple[str, str]] = []
     host = PluginHost()
-    for index, plugin in enumerate(
-        [_AsyncValidatorA(), _AsyncValidatorB(), _SyncValidatorNone(), _AsyncValidatorNone()]
-    ):
-        host.register(plugin, f"p{index}")
+    host.register(_Recorder("alpha", calls), "a")
+    host.register(_Recorder("beta", calls), "b")
+    host.collect_registrations()
     context = ValidationContext(find_connection=lambda _id: None)
     with _no_unawaited_coroutine_warnings():
-        answers = await host.call("mailpipe_validate", connection_type="x", settings={}, context=context)
-    assert sorted(answers) == [["from A"], ["from B"]]
+        problems = await host.validate(host.connection_type("beta"), {}, context)
+        result = await host.test(_connection("alpha"), context)
+        await host.collect(_connection("beta"), context)  # type: ignore[arg-type]
+    assert problems == ["problem from beta"]
+    assert result.details == {"by": "alpha"}
+    assert calls == [("beta", "validate"), ("alpha", "test"), ("beta", "collect")]
+
+
+def _only(connection_type: ConnectionType) -> object:
+    class Plugin:
+        @hookimpl
+        def mailpipe_connection_types(self) -> list[ConnectionType]:
+            return [connection_type]
+
+    return Plugin()
+
+
+@pytest.mark.parametrize(
+    ("receives", "needed"), [("smtp", "accept"), ("pull", "collect"), ("push", "serve")]
+)
+def test_a_type_without_what_its_kind_needs_is_refused_naming_the_plugin(receives: str, needed: str) -> None:
+    host = PluginHost()
+    host.register(_only(ConnectionType(name="half", description="x", receives=receives)), "vendor_x")  # type: ignore[arg-type]
+    with pytest.raises(PluginError) as raised:
+        host.collect_registrations()
+    message = str(raised.value)
+    assert "'vendor_x'" in message and "'half'" in message and f"no {needed}=" in message
+
+
+def test_a_push_type_with_serve_is_accepted() -> None:
+    async def serve(context: IntakeContext) -> None:
+        return None
+
+    host = PluginHost()
+    host.register(_only(ConnectionType(name="webhook", description="x", receives="push", serve=serve)), "vendor_y")
+    host.collect_registrations()
+    assert host.connection_type("webhook").serve is serve
+
+
+def test_provenance_comes_from_the_registration() -> None:
+    async def collect(connection: Connection, context: object) -> None:
+        return None
+
+    host = PluginHost()
+    host.register(_only(ConnectionType(name="drop", description="x", provenance="dropbox", collect=collect)), "p1")
+    host.register(_only(ConnectionType(name="plain", description="x", collect=collect)), "p2")
+    host.collect_registrations()
+    assert host.arrival(_connection("drop"))["provenance"] == "dropbox"
+    assert host.arrival(_connection("plain")) == {"connection_id": "c1", "connection_type": "plain", "provenance": "plain"}
+
+
+def test_old_per_connection_hooks_are_refused_with_the_new_place_named() -> None:
+    class OldStyle:
+        @hookimpl
+        def mailpipe_validate(self, connection_type, settings, context):  # type: ignore[no-untyped-def]
+            return None
+
+    host = PluginHost()
+    host.register(OldStyle(), "old")
+    with pytest.raises(PluginError, match=r"ConnectionType\(validate=\.\.\.\)"):
+        host.collect_registrations()
+
+
+def test_no_plugin_asks_whether_a_call_is_for_it() -> None:
+    """The host dispatches by type, so no plugin compares a type name to its own."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.joinpath("plugins").rglob("*.py"), *EXAMPLE.rglob("*.py")]
+    guards = [
+        f"{path.relative_to(root)}: {line.strip()}"
+        for path in sources
+        for line in path.read_text().splitlines()
+        if "!= TYPE" in line or "connection_type != " in line
+    ]
+    assert not guards
 
 
 class _no_unawaited_coroutine_warnings:
@@ -183,3 +268,40 @@ def test_hook_typos_are_caught(tmp_path: Path) -> None:
     host.register(Typo(), "typo")
     with pytest.raises(PluginError, match="mailpipe_connection_type"):
         host.collect_registrations()
+
+
+def test_an_async_registration_hook_is_refused_with_a_reason() -> None:
+    class AsyncRegistration:
+        @hookimpl
+        async def mailpipe_connection_types(self):  # type: ignore[no-untyped-def]
+            return []
+
+    host = PluginHost()
+    host.register(AsyncRegistration(), "eager")
+    with _no_unawaited_coroutine_warnings(), pytest.raises(PluginError, match="'eager'.*plain `def`"):
+        host.collect_registrations()
+
+
+def test_an_installed_type_without_what_its_kind_needs_is_reported_and_skipped(
+    tmp_path: Path, config_path: Path
+) -> None:
+    """Found through its entry point like any third-party plugin: the host
+    skips it with the reason, and everything else keeps working."""
+    site = tmp_path / "site"
+    dist = site / "half_vendor-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-vendor\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mailpipe]\nhalf_vendor = half_vendor_plugin\n")
+    (site / "half_vendor_plugin.py").write_text(textwrap.dedent("""
+        from mailpipe import hookimpl
+        from mailpipe.types import ConnectionType
+
+        @hookimpl
+        def mailpipe_connection_types():
+            return [ConnectionType(name="half", description="pulls nothing", receives="pull")]
+    """))
+    result = cli(config_path, "plugins", env={"PYTHONPATH": str(site)}, check=True)
+    broken = {b["name"]: b["error"] for b in result.json["broken"]}
+    assert "'half_vendor'" in broken["half_vendor"] and "no collect=" in broken["half_vendor"]
+    assert "half" not in {t for p in result.json["plugins"] for t in p["connection_types"]}
+    assert BUILTIN_TYPES <= {t for p in result.json["plugins"] for t in p["connection_types"]}

@@ -15,16 +15,21 @@ from mailpipe.errors import SecretKeyError
 from mailpipe.plugin_host import PluginHost
 from mailpipe.secrets import MASK, SecretBox
 from mailpipe.store import SQLiteStore
-from mailpipe.types import ConnectionType, Setting
+from mailpipe.types import CollectContext, Connection, ConnectionType, Setting
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse battery staple"
 
 
+async def _collect_nothing(connection: Connection, context: CollectContext) -> None:
+    return None
+
+
 class VaultType:
     @hookimpl
     def mailpipe_connection_types(self) -> list[ConnectionType]:
-        return [ConnectionType("vault", "test type", (Setting("user"), Setting("password", "secret", required=True)))]
+        return [ConnectionType("vault", "test type", (Setting("user"), Setting("password", "secret", required=True)),
+                               collect=_collect_nothing)]
 
 
 def service_for(config_path: Path) -> ConnectionService:

@@ -159,3 +159,62 @@ def test_example_vendor_sink_end_to_end(tmp_path: Path) -> None:
     [record] = [json.loads(line) for line in vendor_file.read_text().splitlines()]
     assert base64.b64decode(record["raw"]) == raw
     assert record["metadata"]["provenance"] == "maildir"
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _push(port: int, raw: bytes) -> str:
+    """One delivery over the example's tcp_drop protocol: the message, then
+    our half of the connection closed; the answer comes once it is durable."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(raw)
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+    return answer.decode()
+
+
+def _push_when_listening(port: int, raw: bytes) -> str:
+    answers: list[str] = []
+
+    def attempt() -> bool:
+        try:
+            answers.append(_push(port, raw))
+        except ConnectionRefusedError:  # the listener is not up yet
+            return False
+        return True
+
+    wait_until(attempt, timeout=30, message="the push listener never accepted a connection")
+    return answers[-1]
+
+
+def test_third_party_push_protocol_end_to_end(tmp_path: Path) -> None:
+    """A connection type of a push protocol that is neither SMTP nor pull
+    (the example's tcp_drop) archives what it receives, under its connection,
+    with the provenance the host stamps from the registration."""
+    config = write_config(tmp_path)
+    port = _free_loopback_port()
+    added = cli(config, "connections", "add", "tcp_drop", "--description", "push",
+                "--set", f"listen=127.0.0.1:{port}", check=True).json
+    assert added["address"] is None  # journal addresses are for SMTP types only
+    cli(config, "connections", "enable", added["id"], check=True)
+    raw = b"Subject: pushed\r\n\r\npushed over tcp_drop\r\n"
+    with ServerProcess(config) as server:
+        server.wait_for_log("starting push listener", type="tcp_drop")
+        answer = _push_when_listening(port, raw)
+        assert answer.startswith("OK "), answer
+        wait_until(lambda: len(archived_files(tmp_path / "archive")) == 1, timeout=30)
+    [stored] = archived_files(tmp_path / "archive")
+    assert stored.read_bytes() == raw
+    [arrival] = json.loads(stored.with_suffix(".json").read_text())["arrivals"]
+    assert arrival["connection_id"] == added["id"]
+    assert arrival["provenance"] == "tcp_drop"

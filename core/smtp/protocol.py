@@ -279,7 +279,7 @@ class MailpipeSMTP(SMTPBase):
         else:
             route = self.envelope.routes.get(routed.connection.id)
             if route is None:
-                route = self.envelope.routes[routed.connection.id] = Route(routed.connection)
+                route = self.envelope.routes[routed.connection.id] = Route(routed.connection, arrival=routed.arrival)
             if address not in route.recipients:
                 route.recipients.append(address)
             self.envelope.rcpt_tos.append(address)

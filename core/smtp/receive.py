@@ -43,6 +43,8 @@ class Route:
 
     connection: Connection
     recipients: list[str] = field(default_factory=list)
+    #: what the message's metadata starts with (PluginHost.arrival, via the router)
+    arrival: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,7 @@ class MessageReceiver:
         try:
             for route in routes:
                 writers.append(
-                    await committer.take(
-                        {
-                            "connection_id": route.connection.id,
-                            "connection_type": route.connection.type,
-                            "provenance": "smtp",
-                        }
-                    )
+                    await committer.take(dict(route.arrival))
                 )
         except BaseException:
             for writer in writers:

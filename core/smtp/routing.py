@@ -1,4 +1,4 @@
-"""RCPT TO → connection → the connection type's ``accept`` hook → SMTP reply.
+"""RCPT TO → connection → its connection type's ``accept`` → SMTP reply.
 
 Every recipient is one connection's unique journal address or nothing:
 there is no relaying. The lookup is in the server's in-memory
@@ -14,7 +14,7 @@ disabled connection                             ``451 4.7.1`` (default) or
                                                 ``550 5.7.1`` with
                                                 ``disabled_reply = "reject"``
 plugin refusal                                  the plugin's code and text
-connection type not installed / hook failed     ``451 4.3.5`` / ``451 4.3.0``
+connection type not installed / accept failed   ``451 4.3.5`` / ``451 4.3.0``
 accepted                                        ``250 2.1.5``
 ==============================================  ==========================
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailpipe.config import SmtpConfig
@@ -51,6 +51,8 @@ class Routed:
     reply: str
     connection: Connection | None = None
     refusal_reason: str = ""
+    #: the metadata the accepted recipient's message starts with (PluginHost.arrival)
+    arrival: dict[str, str] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool:
@@ -78,24 +80,23 @@ class Router:
                 refusal_reason="type-missing",
             )
         try:
-            answers = await self.host.call("mailpipe_accept", connection=connection, envelope=envelope)
+            decision = await self.host.accept(connection, envelope)
         except Exception as error:  # a broken plugin must not lose mail: the sender retries
             log.error(
-                "accept hook failed; replying with a temporary error",
+                "accept failed; replying with a temporary error",
                 extra={"connection": connection.id, "type": connection.type, "error": repr(error)},
             )
             return Routed("451 4.3.0 temporary error deciding on this recipient; try again later",
                           refusal_reason="hook-failed")
-        decisions = [a for a in answers if isinstance(a, Decision)]
-        if not decisions:
+        if decision is None:
             return Routed(
                 f"451 4.3.5 <{address}>: no installed plugin decides for connection type "
                 f"{connection.type!r}; try again later",
                 refusal_reason="no-decision",
             )
-        refusal = _strongest_refusal(decisions)
-        if refusal is None:
-            return Routed("250 2.1.5 OK", connection)
+        if decision.verdict is Verdict.ACCEPT:
+            return Routed("250 2.1.5 OK", connection, arrival=self.host.arrival(connection))
+        refusal = decision
         if refusal.reason == "disabled" and self.settings.disabled_reply == "reject":
             return Routed(
                 f"550 5.7.1 <{address}>: this journaling connection is disabled",
@@ -117,16 +118,6 @@ class Router:
         domains = {self.settings.journal_domain.lower()}
         domains.update(address.rpartition("@")[2] for address in self.directory.by_address)
         return domains
-
-
-def _strongest_refusal(decisions: list[Decision]) -> Decision | None:
-    """Any refusal wins over acceptance; a permanent one over a temporary one
-    (retrying cannot change a permanent answer)."""
-    permanent = [d for d in decisions if d.verdict is Verdict.DENY]
-    if permanent:
-        return permanent[0]
-    temporary = [d for d in decisions if d.verdict is Verdict.DENYSOFT]
-    return temporary[0] if temporary else None
 
 
 def reply_line(decision: Decision) -> str:

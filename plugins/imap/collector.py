@@ -114,7 +114,7 @@ class _Large:
 
 async def spool_as_is(context: CollectContext, message: FetchedMessage) -> None:
     """The ``imap`` delivery: the message, byte for byte, with where it came from."""
-    metadata = {"provenance": "imap", "imap": message.source}
+    metadata = {"imap": message.source}
     if message.data is not None:
         await context.spool_bytes(message.data, metadata)
     else:

@@ -1,7 +1,7 @@
 """imap: mailpipe logs in to a journaling mailbox over implicit TLS and pulls.
 
-The hooks only dispatch; the work lives beside this file:
-``settings.py`` (schema, validation), ``probe.py`` (the test hook),
+The registration only names the callables; the work lives beside this file:
+``settings.py`` (schema, validation), ``probe.py`` (the test),
 ``collector.py`` (incremental, crash-safe collection), ``client.py``
 (the guarded aioimaplib session). See README.md in this folder.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from mailpipe import hookimpl
 from mailpipe.plugins.imap.collector import Collector, FetchedMessage, spool_as_is
 from mailpipe.plugins.imap.probe import probe
-from mailpipe.plugins.imap.settings import IMAP_SETTINGS, ImapSettings, validate_imap_settings
+from mailpipe.plugins.imap.settings import IMAP_SETTINGS, ImapSettings, imap_warnings, validate_imap_settings
 from mailpipe.types import CollectContext, Connection, ConnectionType, TestResult, ValidationContext
 
 TYPE = "imap"
@@ -28,33 +28,24 @@ def mailpipe_connection_types() -> list[ConnectionType]:
             receives="pull",
             provenance="imap",
             settings=IMAP_SETTINGS,
+            validate=validate,
+            test=test,
+            collect=collect,
+            warnings=imap_warnings,
         )
     ]
 
 
-@hookimpl
-def mailpipe_validate(
-    connection_type: str, settings: dict[str, Any], context: ValidationContext
-) -> list[str] | None:
-    if connection_type != TYPE:
-        return None
+def validate(settings: dict[str, Any], context: ValidationContext) -> list[str]:
     return validate_imap_settings(settings)
 
 
-@hookimpl
-async def mailpipe_test(connection: Connection) -> TestResult | None:
-    if connection.type != TYPE:
-        return None
+async def test(connection: Connection, context: ValidationContext) -> TestResult:
     return await probe(ImapSettings.from_connection(connection))
 
 
-@hookimpl
-async def mailpipe_collect(connection: Connection, context: CollectContext) -> None:
-    if connection.type != TYPE:
-        return None
-
+async def collect(connection: Connection, context: CollectContext) -> None:
     async def deliver(message: FetchedMessage) -> None:
         await spool_as_is(context, message)
 
     await Collector(connection, context, deliver).run()
-    return None

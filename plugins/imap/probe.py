@@ -1,4 +1,4 @@
-"""The test hook's work: can mailpipe reach, trust, log in to and open the mailbox?
+"""The connection test's work: can mailpipe reach, trust, log in to and open the mailbox?
 
 Each step runs against what is left of one time budget (the connection's
 ``timeout``, 15 s by default), and each failure says which step failed and
@@ -20,12 +20,8 @@ from mailpipe.plugins.imap.client import (
     ImapSession,
     describe_connect_failure,
 )
-from mailpipe.plugins.imap.settings import ImapSettings
+from mailpipe.plugins.imap.settings import TLS_VERIFY_OFF, ImapSettings
 from mailpipe.types import TestResult
-
-#: The same words the core uses for ``connections show``, so ``test`` does
-#: not print the warning twice.
-TLS_VERIFY_OFF = "tls_verify is false: the server's certificate is not checked"
 
 
 def asyncio_required() -> str | None:

@@ -208,6 +208,16 @@ def _oauth_from_mapping(values: dict[str, Any]) -> OAuthSettings:
     )
 
 
+#: The same words for ``connections show`` (imap_warnings) and ``test`` (the
+#: probe), so a test's output does not print the warning twice.
+TLS_VERIFY_OFF = "tls_verify is false: the server's certificate is not checked"
+
+
+def imap_warnings(connection: Connection) -> list[str]:
+    """Settings that work but that an operator should know about."""
+    return [TLS_VERIFY_OFF] if connection.settings.get("tls_verify") is False else []
+
+
 def validate_imap_settings(settings: dict[str, Any]) -> list[str]:
     """Problems with the shared IMAP settings; normalises some in place."""
     problems: list[str] = []

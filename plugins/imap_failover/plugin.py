@@ -14,7 +14,7 @@ from typing import Any
 from mailpipe import hookimpl
 from mailpipe.plugins.imap.collector import Collector
 from mailpipe.plugins.imap.probe import probe
-from mailpipe.plugins.imap.settings import IMAP_SETTINGS, ImapSettings, validate_imap_settings
+from mailpipe.plugins.imap.settings import IMAP_SETTINGS, ImapSettings, imap_warnings, validate_imap_settings
 from mailpipe.plugins.imap_failover.unwrap import BACKED_UP_TYPE, FailoverDelivery
 from mailpipe.types import (
     CollectContext,
@@ -47,16 +47,15 @@ def mailpipe_connection_types() -> list[ConnectionType]:
                     help="id of the smtp_o365 connection whose undeliverable reports land here",
                 ),
             ),
+            validate=validate,
+            test=test,
+            collect=collect,
+            warnings=imap_warnings,
         )
     ]
 
 
-@hookimpl
-def mailpipe_validate(
-    connection_type: str, settings: dict[str, Any], context: ValidationContext
-) -> list[str] | None:
-    if connection_type != TYPE:
-        return None
+def validate(settings: dict[str, Any], context: ValidationContext) -> list[str]:
     problems = validate_imap_settings(settings)
     backs_up = str(settings.get("backs_up", "")).strip()
     settings["backs_up"] = backs_up
@@ -90,10 +89,7 @@ def username_mismatch(username: str, backed_up: Connection) -> str | None:
     return None
 
 
-@hookimpl
-async def mailpipe_test(connection: Connection, context: ValidationContext) -> TestResult | None:
-    if connection.type != TYPE:
-        return None
+async def test(connection: Connection, context: ValidationContext) -> TestResult:
     backs_up = str(connection.settings.get("backs_up", ""))
     backed_up = context.find_connection(backs_up)
     if backed_up is None or backed_up.type != BACKED_UP_TYPE:
@@ -106,14 +102,10 @@ async def mailpipe_test(connection: Connection, context: ValidationContext) -> T
     return await probe(ImapSettings.from_connection(connection), extra_warnings=(mismatch,) if mismatch else ())
 
 
-@hookimpl
-async def mailpipe_collect(connection: Connection, context: CollectContext) -> None:
-    if connection.type != TYPE:
-        return None
+async def collect(connection: Connection, context: CollectContext) -> None:
     backed_up = context.find_connection(str(connection.settings.get("backs_up", "")))
     if backed_up is not None:
         mismatch = username_mismatch(str(connection.settings.get("username", "")), backed_up)
         if mismatch:
             log.warning(mismatch, extra={"connection": connection.id})
     await Collector(connection, context, FailoverDelivery(connection, context).deliver).run()
-    return None

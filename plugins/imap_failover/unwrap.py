@@ -63,7 +63,7 @@ class FailoverDelivery:
                 notes = [NOT_A_REPORT_NOTE] + ([problem] if problem else [])
                 await self.context.spool_chunks(
                     _file_chunks(received),
-                    {"provenance": "imap_failover", "imap": message.source, "notes": notes},
+                    {"imap": message.source, "notes": notes},
                 )
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
@@ -71,7 +71,6 @@ class FailoverDelivery:
     async def _archive_report(self, report: Path, message: FetchedMessage) -> None:
         backed_up = self.context.find_connection(self.backs_up)
         metadata: dict[str, Any] = {
-            "provenance": "imap_failover",
             "imap": message.source,
             "via_connection": self.connection.id,
         }

@@ -45,6 +45,9 @@ def mailpipe_connection_types() -> list[ConnectionType]:
                     help="comma-separated IPv4/IPv6 addresses or CIDR ranges of your Exchange servers",
                 ),
             ),
+            validate=validate,
+            accept=accept,
+            test=test,
         )
     ]
 
@@ -59,12 +62,7 @@ def parse_networks(entries: list[str]) -> tuple[list[Network], list[str]]:
     return networks, problems
 
 
-@hookimpl
-def mailpipe_validate(
-    connection_type: str, settings: dict[str, Any], context: ValidationContext
-) -> list[str] | None:
-    if connection_type != TYPE:
-        return None
+def validate(settings: dict[str, Any], context: ValidationContext) -> list[str]:
     entries = settings["sender_servers"]
     if isinstance(entries, str):
         entries = [e for e in entries.split(",") if e.strip()]
@@ -120,10 +118,7 @@ def allowed(client_ip: str, sender_servers: list[str]) -> bool:
     return any(address.version == n.version and address in n for n in networks)
 
 
-@hookimpl
-def mailpipe_accept(connection: Connection, envelope: Envelope) -> Decision | None:
-    if connection.type != TYPE:
-        return None
+def accept(connection: Connection, envelope: Envelope) -> Decision:
     if not connection.enabled:
         return disabled_decision(connection)
     if not allowed(envelope.client_ip, connection.settings.get("sender_servers", [])):
@@ -134,10 +129,7 @@ def mailpipe_accept(connection: Connection, envelope: Envelope) -> Decision | No
     return Decision.accept()
 
 
-@hookimpl
-def mailpipe_test(connection: Connection) -> TestResult | None:
-    if connection.type != TYPE:
-        return None
+def test(connection: Connection, context: ValidationContext) -> TestResult:
     networks = parse_networks(list(connection.settings.get("sender_servers", [])))[0]
     warnings = wide_range_warnings(networks)
     if not connection.enabled:

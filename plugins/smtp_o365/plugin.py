@@ -33,16 +33,14 @@ def mailpipe_connection_types() -> list[ConnectionType]:
                     help="mailbox on your domain for undeliverable journal reports",
                 ),
             ),
+            validate=validate,
+            accept=accept,
+            test=test,
         )
     ]
 
 
-@hookimpl
-def mailpipe_validate(
-    connection_type: str, settings: dict[str, Any], context: ValidationContext
-) -> list[str] | None:
-    if connection_type != TYPE:
-        return None
+def validate(settings: dict[str, Any], context: ValidationContext) -> list[str]:
     address = str(settings["undeliverable_journal_address"]).strip()
     problem = mailbox_problem(address)
     if problem:
@@ -58,19 +56,13 @@ def mailpipe_validate(
     return []
 
 
-@hookimpl
-def mailpipe_accept(connection: Connection, envelope: Envelope) -> Decision | None:
-    if connection.type != TYPE:
-        return None
+def accept(connection: Connection, envelope: Envelope) -> Decision:
     if not connection.enabled:
         return disabled_decision(connection)
     return Decision.accept()
 
 
-@hookimpl
-def mailpipe_test(connection: Connection) -> TestResult | None:
-    if connection.type != TYPE:
-        return None
+def test(connection: Connection, context: ValidationContext) -> TestResult:
     if not connection.enabled:
         return TestResult(
             ok=True,

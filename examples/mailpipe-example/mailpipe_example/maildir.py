@@ -33,7 +33,7 @@ async def collect_forever(connection: Connection, context: CollectContext) -> No
             # The spool call returns only once the message is fsynced: only
             # then is it safe to remove the original.
             spool_id = await context.spool_bytes(
-                data, {"provenance": "maildir", "source": {"maildir": str(new.parent), "file": name}}
+                data, {"source": {"maildir": str(new.parent), "file": name}}
             )
             await anyio.to_thread.run_sync(path.unlink)
             context.log.info("collected", extra={"file": name, "spool_id": spool_id})

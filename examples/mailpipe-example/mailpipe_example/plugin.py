@@ -1,7 +1,9 @@
-"""Registers the ``maildir_drop`` connection type and the ``example_jsonl`` sink.
+"""Registers the ``maildir_drop`` (pull) and ``tcp_drop`` (push) connection
+types and the ``example_jsonl`` sink.
 
-Everything a plugin needs is here: typed registrations, validation, a
-test, a collector that spools before it deletes, and a sink.
+Everything a plugin needs is here: typed registrations that carry the
+callables the host calls for them (validation, a test, a collector that
+spools before it deletes), and a sink.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from typing import Any
 
 from mailpipe import hookimpl
 from mailpipe.types import (
-    CollectContext,
     Connection,
     ConnectionType,
     Setting,
@@ -20,6 +21,7 @@ from mailpipe.types import (
     ValidationContext,
 )
 
+from mailpipe_example import tcp_drop
 from mailpipe_example.maildir import collect_forever, maildir_problem
 from mailpipe_example.sink import JsonLinesSink
 
@@ -38,7 +40,19 @@ def mailpipe_connection_types() -> list[ConnectionType]:
                 Setting("path", "path", required=True, help="the Maildir (with new/, cur/, tmp/)"),
                 Setting("poll_interval", "int", default=1, help="seconds between scans"),
             ),
-        )
+            # What the host calls for connections of this type, and only for them.
+            validate=validate,
+            test=test,
+            collect=collect_forever,
+        ),
+        ConnectionType(
+            name="tcp_drop",
+            description="Receive messages pushed over a minimal TCP protocol (see tcp_drop.py)",
+            receives="push",
+            settings=(Setting("listen", "str", required=True, help="HOST:PORT to listen on"),),
+            validate=tcp_drop.validate,
+            serve=tcp_drop.serve,
+        ),
     ]
 
 
@@ -54,12 +68,7 @@ def mailpipe_sink_types() -> list[SinkType]:
     ]
 
 
-@hookimpl
-def mailpipe_validate(
-    connection_type: str, settings: dict[str, Any], context: ValidationContext
-) -> list[str] | None:
-    if connection_type != TYPE:
-        return None
+def validate(settings: dict[str, Any], context: ValidationContext) -> list[str]:
     problems = []
     if not Path(settings["path"]).is_absolute():
         problems.append(f"path {settings['path']!r} must be absolute")
@@ -68,16 +77,6 @@ def mailpipe_validate(
     return problems
 
 
-@hookimpl
-async def mailpipe_test(connection: Connection) -> TestResult | None:
-    if connection.type != TYPE:
-        return None
+async def test(connection: Connection, context: ValidationContext) -> TestResult:
     problem = maildir_problem(Path(connection.settings["path"]))
     return TestResult(ok=problem is None, error=problem or "")
-
-
-@hookimpl
-async def mailpipe_collect(connection: Connection, context: CollectContext) -> None:
-    if connection.type != TYPE:
-        return None
-    await collect_forever(connection, context)
