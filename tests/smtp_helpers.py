@@ -78,6 +78,27 @@ def make_setup(root: Path, smtp: str = "", listen: list[str] | None = None) -> S
     return SmtpSetup(root, config, port)
 
 
+def session_accepting(setup: SmtpSetup, address: str, mail_from: str = "journal@contoso.com") -> smtplib.SMTP | None:
+    """An SMTP session once the server accepts ``address`` (e.g. after its connection
+    was enabled: the server picks that up by hot reload), else None; for wait_until."""
+    smtp = setup.client()
+    smtp.mail(mail_from)
+    code, _ = smtp.rcpt(address)
+    smtp.rset()
+    if code == 250:
+        return smtp
+    smtp.quit()
+    return None
+
+
+def with_console(setup: SmtpSetup) -> str:
+    """Turn the console on for ``setup`` (a free loopback port); returns its URL."""
+    port = free_port()
+    setup.config.write_text(setup.config.read_text().replace(
+        '[http]\nlisten = ""\n', f'[http]\nlisten = "127.0.0.1:{port}"\n'))
+    return f"http://127.0.0.1:{port}"
+
+
 def send(
     client: smtplib.SMTP, mail_from: str, recipients: list[str], data: bytes, options: tuple[str, ...] = ()
 ) -> tuple[int, str, dict[str, tuple[int, bytes]]]:

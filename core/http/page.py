@@ -48,7 +48,9 @@ def esc(value: Any) -> str:
 
 
 def document(title: str, body: str, refresh: bool = False) -> str:
-    meta = '<meta http-equiv="refresh" content="2">' if refresh else ""
+    # An explicit URL: after Test the browser is on "/#id", and a bare refresh of a
+    # URL with a fragment is a same-document navigation in Chromium (never re-fetched).
+    meta = '<meta http-equiv="refresh" content="2; url=/">' if refresh else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">{meta}'
