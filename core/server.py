@@ -33,6 +33,7 @@ from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
 from mailpipe import sd_notify
 from mailpipe.errors import MailpipeError
+from mailpipe.live_status import LIVE
 from mailpipe.metrics import METRICS
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline_process import run_pipeline
@@ -184,6 +185,7 @@ class Server:
                     log.warning("collector returned; restarting", extra={"connection": connection.id})
                 except Exception as error:
                     METRICS.collector_errors.labels(connection.id).inc()
+                    LIVE.failed(connection.id, "collector", str(error))
                     log.error(
                         "collector failed; restarting",
                         extra={"connection": connection.id, "error": str(error), "retry_in_seconds": delay},
@@ -224,6 +226,7 @@ class Server:
                 await staged.writer.write_all_async(chunks)
                 message: SpooledMessage = await committer.commit(staged)
                 METRICS.collected.labels(connection.id, connection.type).inc()
+                LIVE.message_received(connection.id)
             except BaseException:
                 staged.abort()
                 raise
@@ -259,6 +262,7 @@ async def serve(runtime: Runtime) -> None:
     (mailpipe.reload) and is passed on to the child processes."""
     with hold_data_dir(runtime.config.data_dir):
         server = Server(runtime)
+        LIVE.attach(runtime.store)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(_handle_signals, server, group.cancel_scope)

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from mailpipe.config import Config
+from mailpipe.live_status import live_fields
 from mailpipe.plugin_host import PluginHost
 from mailpipe.types import Connection, ConnectionType
 
 
 def connection_view(runtime: Any, connection: Connection) -> dict[str, Any]:
     data = runtime.service.public(connection)
+    data.update(live_fields(runtime.store, connection.id))
     data["warnings"] = connection_warnings(connection)
     return data
 
