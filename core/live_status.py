@@ -16,7 +16,8 @@ Status rules (why each source only takes back its own red):
 - a required sink's failure for the connection's mail turns it ``failed``
   with the sink's error (error text starts with ``sink``); archiving its mail
   again turns it ``ok`` unless a collector's failure made it red;
-- a status ``testing`` (an operator's test running) is never overwritten;
+- a status ``testing`` (an operator's test running) is never overwritten,
+  nor taken back a disk-full status (mailpipe.disk_space takes it back);
 - these changes are logged, not audited: they are not an operator's change.
 """
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+from mailpipe.disk_space import STATUS_PREFIX as DISK_FULL_PREFIX
 from mailpipe.timestamps import utc_now
 
 log = logging.getLogger("mailpipe.live")
@@ -193,6 +195,8 @@ def _apply_status(
         wanted = ("failed", error)
     else:
         red_from_sink = current_error.startswith(SINK_ERROR_PREFIX)
+        if status == "failed" and current_error.startswith(DISK_FULL_PREFIX):
+            return None  # mailpipe.disk_space takes back its own status when space is free
         if status == "ok" or (status == "failed" and red_from_sink != (source == "sink")):
             return None  # green already, or red for a reason this source cannot judge
         wanted = ("ok", "")

@@ -271,6 +271,14 @@ def test_metrics_count_exactly_the_messages_sent(console: dict[str, Any]) -> Non
 
         wait_until(lambda: archived_now() >= archived_before + sent, timeout=120)
         after = admin.get("/metrics").text
+        # live status (flushed about once a second): the API and the page show the same
+        live = wait_until(lambda: (c := admin.get(f"/api/v1/connections/{added['id']}").json())[
+            "archived_24h"] == sent and c, timeout=60, interval=0.3)
+    assert live["last_message_at"] and live["status"] == "ok"
+    with client(console, source="127.0.0.6") as browser:
+        assert login(browser, "alice", PASSWORD).status_code == 303
+        row = browser.get("/").text.split(f'id="{added["id"]}"')[1].split("</tr>")[0]
+    assert f'<td class="archived-24h">{sent}</td>' in row and live["last_message_at"] in row
     assert metric(after, "mailpipe_messages_accepted_total", connection=added["id"]) == sent
     assert metric(after, "mailpipe_messages_archived_total", sink="filesystem") == archived_before + sent
     assert metric(after, "mailpipe_recipients_refused_total", reason="unknown", reply_class="5xx") == unknown_before + 1
