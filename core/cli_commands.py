@@ -200,6 +200,11 @@ def _describe(connection: dict[str, Any]) -> str:
     if connection.get("status_error"):
         status += f" — {connection['status_error']}"
     lines.append(f"status:      {printable(status)}")
+    if "archived_24h" in connection:
+        lines.append(f"last message: {connection.get('last_message_at') or 'never'}")
+        lines.append(f"archived 24h: {connection['archived_24h']}")
+        if connection.get("last_error"):
+            lines.append(f"last error:  {printable(connection['last_error'])}")
     for key, value in sorted(connection["settings"].items()):
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         lines.append(f"  {printable(key)} = {printable(shown)}")
@@ -231,7 +236,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             return "no connections; add one with `mailpipe connections add TYPE --description TEXT`"
         return "\n".join(
             f"{r['id']}  {r['type']:<14} {'enabled ' if r['enabled'] else 'disabled'}  "
-            f"{r['status']:<8}  {printable(r.get('address') or '')}  {printable(r['description'])}"
+            f"{r['status']:<8}  {r.get('last_message_at') or 'never':<24}  {r.get('archived_24h', 0):>6}  "
+            f"{printable(r.get('address') or '')}  {printable(r['description'])}"
             for r in d["connections"]
         )
 

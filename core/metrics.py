@@ -22,6 +22,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
+from mailpipe.live_status import LIVE
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -113,6 +115,7 @@ def count_reply(connections: list[str], reply: str) -> None:
     for connection in connections or [""]:
         if reply.startswith("2"):
             METRICS.accepted.labels(connection).inc()
+            LIVE.message_received(connection)
         else:
             METRICS.refused.labels(connection, reply[:1] + "xx").inc()
 

@@ -36,6 +36,7 @@ from mailpipe.config import PipelineConfig
 from mailpipe.disk_space import storage_full
 from mailpipe.errors import MessageRejected, SinkUnavailable
 from mailpipe.logs import ConditionLog
+from mailpipe.live_status import LIVE
 from mailpipe.metrics import METRICS
 from mailpipe.sink_batch import store_each
 from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
@@ -45,6 +46,8 @@ log = logging.getLogger("mailpipe.pipeline")
 
 Enricher = Callable[[SpooledMessage], dict[str, Any]]
 RESCAN_SECONDS = 1.0
+#: Consecutive failures of one message (not an outage) that turn its connection red.
+LIVE_STATUS_FAILURES = 3
 BATCH_PATIENCE_SECONDS = 0.005
 #: A batch whose progress could not be recorded (disk full) is tried again after this.
 STORAGE_RETRY_SECONDS = 10.0
@@ -225,6 +228,8 @@ class Pipeline:
         for message, _state in delivered:
             self._known.discard(message.id)
         self.delivered += len(delivered)
+        for message, _state in delivered:
+            LIVE.archived(message.metadata.get("connection_id"))
         if delivered:
             # One line per batch: per-message lines cost more CPU than the
             # archiving itself at thousands of messages a second.
@@ -266,6 +271,8 @@ class Pipeline:
         else:
             state.message_failures += 1
             give_up = state.message_failures >= self.settings.max_attempts
+        if outage or state.message_failures >= LIVE_STATUS_FAILURES:
+            LIVE.failed(message.metadata.get("connection_id"), "sink", state.last_error)
         if give_up:
             await self._quarantine(message, state, outage)
             return

@@ -40,6 +40,7 @@ from anyio.abc import TaskStatus
 
 from mailpipe.children import run_child
 from mailpipe.enrich import default_enrichers
+from mailpipe.live_status import LIVE
 from mailpipe.pipeline import Pipeline, SinkSlot
 from mailpipe.reload import on_reload
 from mailpipe.sink_reload import SinkReloader
@@ -113,6 +114,7 @@ def lower_cpu_priority(priority: str) -> None:
 async def _pipeline_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
     priority = resolve_cpu_priority(runtime.config.pipeline.cpu_priority, int(runtime.extras.get("workers", 1)))
     lower_cpu_priority(priority)
+    LIVE.attach(runtime.store)
     async with anyio.create_task_group() as group:
         sinks = await group.start(lambda task_status: run_pipeline(
             runtime, announcements=True, recover_at_start=False, task_status=task_status

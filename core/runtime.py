@@ -24,6 +24,7 @@ from mailpipe.config import Config, load_config
 from mailpipe.connections import ConnectionService
 from mailpipe.disk_space import store_status_reporter
 from mailpipe.errors import ConfigError, SecretKeyError
+from mailpipe.live_status import LIVE
 from mailpipe.permissions import apply_umask, group_id, secure_data_dir
 from mailpipe.pipeline import SinkSlot
 from mailpipe.plugin_host import PluginHost, load_plugins
@@ -97,6 +98,7 @@ class Runtime:
         return build_sink_slot(self.config, self.host, table)
 
     def close(self) -> None:
+        LIVE.detach(self.store)  # its last notes, before the store closes
         self.store.close()
 
 

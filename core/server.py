@@ -34,6 +34,7 @@ from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
 from mailpipe import sd_notify
 from mailpipe.errors import MailpipeError
+from mailpipe.live_status import LIVE
 from mailpipe.metrics import METRICS
 from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline_process import run_pipeline
@@ -183,8 +184,13 @@ class Server:
                 lambda: self.runtime.host.collect(connection, self.collect_context(connection)),
                 "collector",
                 {"connection": connection.id},
-                on_error=lambda: METRICS.collector_errors.labels(connection.id).inc(),
+                on_error=lambda error: self._collector_failed(connection, error),
             )
+
+    @staticmethod
+    def _collector_failed(connection: Connection, error: Exception) -> None:
+        METRICS.collector_errors.labels(connection.id).inc()
+        LIVE.failed(connection.id, "collector", str(error))
 
     def _start_push_listeners(self, group: TaskGroup) -> None:
         for connection_type in self.runtime.host.connection_types.values():
@@ -229,6 +235,7 @@ class Server:
                 await staged.writer.write_all_async(chunks)
                 message: SpooledMessage = await committer.commit(staged)
                 METRICS.collected.labels(connection.id, connection.type).inc()
+                LIVE.message_received(connection.id)
             except BaseException:
                 staged.abort()
                 raise
@@ -254,7 +261,7 @@ async def _keep_running(
     run: Callable[[], Awaitable[None]],
     what: str,
     extra: dict[str, str],
-    on_error: Callable[[], None] = lambda: None,
+    on_error: Callable[[Exception], None] = lambda error: None,
 ) -> None:
     """Run a plugin's long-running callable until cancelled, restarting it
     with capped exponential backoff whenever it returns or fails."""
@@ -264,7 +271,7 @@ async def _keep_running(
             await run()
             log.warning(f"{what} returned; restarting", extra=extra)
         except Exception as error:
-            on_error()
+            on_error(error)
             log.error(f"{what} failed; restarting", extra={**extra, "error": str(error), "retry_in_seconds": delay})
         await anyio.sleep(delay)
         delay = min(delay * 2, COLLECTOR_RESTART_SECONDS[1])
@@ -280,6 +287,7 @@ async def serve(runtime: Runtime) -> None:
     (mailpipe.reload) and is passed on to the child processes."""
     with hold_data_dir(runtime.config.data_dir):
         server = Server(runtime)
+        LIVE.attach(runtime.store)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(_handle_signals, server, group.cancel_scope)

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: connections, a revision counter and collector state
@@ -66,6 +66,21 @@ MIGRATIONS: tuple[str, ...] = (
         after TEXT
     );
     CREATE INDEX audit_connection ON audit (connection_id, seq)
+    """,
+    # 3: live status reported by the running server (mailpipe.live_status)
+    """
+    CREATE TABLE live (
+        connection_id TEXT PRIMARY KEY,
+        last_message_at TEXT,
+        last_error TEXT NOT NULL DEFAULT '',
+        last_error_at TEXT
+    );
+    CREATE TABLE live_archived (
+        connection_id TEXT NOT NULL,
+        hour TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (connection_id, hour)
+    )
     """,
 )
 
@@ -203,6 +218,19 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
         return count
+
+    def transaction(self, work: Callable[[sqlite3.Connection], bool]) -> None:
+        """Run ``work`` in one write transaction; it returns True when it
+        changed a connection row (the revision is bumped then)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if work(self._db):
+                    self._db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailpipe.config import Config
+from mailpipe.live_status import live_fields
 from mailpipe.plugin_host import PluginHost
 from mailpipe.types import Connection, ConnectionType
 
@@ -19,6 +20,7 @@ def connection_view(runtime: Any, connection: Connection) -> dict[str, Any]:
     warnings its type's plugin gives (settings that work but that an
     operator should know about)."""
     data = runtime.service.public(connection)
+    data.update(live_fields(runtime.store, connection.id))
     data["warnings"] = runtime.service.warnings(connection)
     return data
 

@@ -269,6 +269,20 @@ def test_metrics_count_exactly_the_messages_sent(console: dict[str, Any]) -> Non
 
         wait_until(lambda: archived_now() >= archived_before + sent, timeout=120)
         after = admin.get("/metrics").text
+        # Live status: each process (SMTP intake, pipeline) flushes about once a
+        # second, so poll until both have; then the API and the page agree.
+        with client(console, source="127.0.0.6") as browser:
+            assert login(browser, "alice", PASSWORD).status_code == 303
+
+            def live_on_both() -> Any:
+                row = browser.get("/").text.split(f'id="{added["id"]}"')[1].split("</tr>")[0]
+                live = admin.get(f"/api/v1/connections/{added['id']}").json()
+                shown = f'<td class="archived-24h">{sent}</td>' in row
+                return shown and live["archived_24h"] == sent and live["last_message_at"] and (
+                    f'<td class="last-message">{live["last_message_at"]}</td>' in row) and live
+
+            live = wait_until(live_on_both, timeout=60, interval=0.3)
+    assert live["status"] == "ok"
     assert metric(after, "mailpipe_messages_accepted_total", connection=added["id"]) == sent
     assert metric(after, "mailpipe_messages_archived_total", sink="filesystem") == archived_before + sent
     assert metric(after, "mailpipe_recipients_refused_total", reason="unknown", reply_class="5xx") == unknown_before + 1

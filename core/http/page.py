@@ -120,7 +120,7 @@ class Page:
         if who.account.admin:
             body.append('<p><a href="/connections/new">Add connection</a></p>')
         body.append("<table><thead><tr><th>Status</th><th>Description</th><th>Type</th><th>Address</th>"
-                    "<th>Enabled</th><th>Actions</th></tr></thead><tbody>")
+                    "<th>Last message</th><th>Archived 24 h</th><th>Enabled</th><th>Actions</th></tr></thead><tbody>")
         for row in rows:
             body.append(self.row(who, row))
         body.append("</tbody></table>")
@@ -151,7 +151,9 @@ class Page:
                        f'<a href="{base}/edit">Edit</a> <a href="{base}/delete">Delete</a>')
         return (f'<tr id="{esc(c["id"])}" data-status="{esc(status)}"><td>{icon}</td>'
                 f'<td class="description">{esc(c["description"])}</td><td>{esc(c["type"])}</td>'
-                f"<td>{address}</td><td>{switch}</td><td>{actions}</td></tr>")
+                f'<td>{address}</td><td class="last-message">{esc(c.get("last_message_at") or "never")}</td>'
+                f'<td class="archived-24h">{esc(str(c.get("archived_24h", 0)))}</td>'
+                f"<td>{switch}</td><td>{actions}</td></tr>")
 
     # --- add and edit ------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
     from mailpipe.smtp.listener import serve_smtp
     from mailpipe.spool_notify import SpoolAnnouncer
 
+    from mailpipe.live_status import LIVE
+
+    LIVE.attach(runtime.store)
     directory = ConnectionDirectory()
 
     def read() -> tuple[list, int]:

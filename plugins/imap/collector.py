@@ -55,6 +55,7 @@ from mailpipe.plugins.imap.client import (
 from mailpipe.plugins.imap.probe import asyncio_required
 from mailpipe.plugins.imap.settings import ImapSettings
 from mailpipe.disk_space import storage_full
+from mailpipe.live_status import LIVE
 from mailpipe.types import CollectContext, Connection
 
 log = logging.getLogger("mailpipe.imap")
@@ -137,6 +138,7 @@ class Collector:
         self.extra = {"connection": connection.id, "server": self.settings.server, "mailbox": self.settings.mailbox}
         self._delay = RECONNECT_SECONDS[0]
         self._spool_slots = anyio.Semaphore(SPOOL_CONCURRENCY)
+        self._signed_in = False  # this session got past LOGIN and SELECT
 
     # --- the outer loop: sessions, reconnects ----------------------------------
 
@@ -146,6 +148,7 @@ class Collector:
         if problem:
             raise RuntimeError(problem)
         while True:
+            self._signed_in = False
             try:
                 await self._session()
             except Exception as error:
@@ -159,6 +162,10 @@ class Collector:
                     )
                     await anyio.sleep(STORAGE_RETRY_SECONDS)
                     continue
+                if not self._signed_in:
+                    # Cannot connect, log in or open the mailbox: red at once. A session
+                    # lost later is not (the reconnect, a second from now, tells).
+                    LIVE.failed(self.connection.id, "collector", str(cause))
                 log.warning(
                     "IMAP collection interrupted; reconnecting",
                     extra={**self.extra, "error": str(cause), "retry_in_seconds": self._delay},
@@ -172,6 +179,8 @@ class Collector:
             await session.login()
             status = await session.select()
             self._delay = RECONNECT_SECONDS[0]
+            self._signed_in = True
+            LIVE.ok(self.connection.id, "collector")  # logged in, mailbox there: mail flows
             log.info(
                 "IMAP session open",
                 extra={**self.extra, "uidvalidity": status.uidvalidity, "messages": status.exists,
