@@ -259,11 +259,16 @@ def test_the_seed_flow_in_a_real_browser(
         finally:
             smtp.quit()
         assert code == 250, text
-        # TODO(live status, issue 13 item 5): once the page shows the live status fields
-        # (last message received, archived count over 24 h), check them on the row here
-        # instead of reading the archive through the API in the same browser session.
-        wait_for(driver, lambda b: any(m["connection_id"] == o365 for m in api_json(b, url, "/api/v1/archive")
-                                       ["messages"]), "the report in the archive")
+        # The row's live status: the archived count and the last message's time, as the server reports them
+        def row_shows_the_message(browser: Any) -> bool:
+            browser.get(url + "/")
+            row = by_css(browser, f"tr[id='{o365}']")
+            archived_cell = row.find_element("css selector", "td.archived-24h").text
+            last_cell = row.find_element("css selector", "td.last-message").text
+            return archived_cell == "1" and last_cell != "never"
+
+        wait_for(driver, row_shows_the_message, "the row's archived count and last message time")
+        # ...and the archive agrees, read through the API in the same browser session
         mine = [m for m in api_json(driver, url, "/api/v1/archive")["messages"] if m["connection_id"] == o365]
         assert len(mine) == 1 and mine[0]["journal_report"] is True
 
