@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mailpipe.errors import ValidationError
-from mailpipe.timestamps import format_utc, utc_now
+from mailpipe.timestamps import duration_seconds, format_utc, utc_now
 
 
 @dataclass(frozen=True)
@@ -79,16 +78,11 @@ class AuditLog:
         return rows
 
 
-_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_since(value: str) -> str:
     """``value`` (RFC 3339 or a duration back from now) as a stored timestamp."""
-    match = _DURATION.match(value.strip().lower())
-    if match:
-        moment = datetime.now(timezone.utc) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return format_utc(moment)
+    seconds = duration_seconds(value)
+    if seconds is not None:
+        return format_utc(datetime.now(timezone.utc) - timedelta(seconds=seconds))
     try:
         parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
     except ValueError:

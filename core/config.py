@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, Va
 from pydantic import model_validator
 
 from mailpipe.errors import ConfigError
+from mailpipe.timestamps import duration_seconds
 
 DEFAULT_CONFIG_TEXT = """\
 [server]
@@ -74,21 +75,13 @@ def _list_as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _duration(value: Any) -> Any:
     """Seconds from a number or a text such as "90s", "30m", "12h", "7d"."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return value  # left to the type check
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = value.strip().lower()
-        try:
-            seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
-        except (KeyError, IndexError, ValueError):
-            raise ValueError('must be a positive number of seconds or a duration such as "7d", "12h", "30m"') from None
+    seconds = float(value) if not isinstance(value, str) else duration_seconds(value)
+    if seconds is None:
+        raise ValueError('must be a positive number of seconds or a duration such as "7d", "12h", "30m"')
     if seconds <= 0:
         raise ValueError("must be more than 0 seconds")
     return seconds

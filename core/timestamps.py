@@ -9,7 +9,21 @@ microseconds with ``+00:00``); ``rfc3339`` rewrites them on the way out.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
+
+#: A duration as operators write one: a number and a unit, "90s", "30m", "12h", "7d", "2w".
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a duration such as "90s", "30m", "12h", "7d" or "2w"; None
+    when ``text`` is not one (the caller says what else it may be)."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        return None
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def utc_now() -> str:
