@@ -36,15 +36,15 @@ def operator_errors(error: BaseException) -> list[MailpipeError]:
         return [error]
     if not isinstance(error, BaseExceptionGroup):
         return []
-    matched, _rest = error.split(MailpipeError)
-    return _leaves(matched) if matched is not None else []
+    return [leaf for leaf in leaf_errors(error) if isinstance(leaf, MailpipeError)]
 
 
-def _leaves(group: BaseExceptionGroup) -> list[MailpipeError]:
-    found: list[MailpipeError] = []
-    for error in group.exceptions:
-        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])  # type: ignore[list-item]
-    return found
+def leaf_errors(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``: itself, or every exception of a
+    (nested) task-group exception group, groups unwrapped."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in leaf_errors(inner)]
 
 
 # --- the sink contract: which failure is which --------------------------------

@@ -34,7 +34,7 @@ from anyio.abc import TaskStatus
 
 from mailpipe.config import PipelineConfig
 from mailpipe.disk_space import storage_full
-from mailpipe.errors import MessageRejected, SinkUnavailable
+from mailpipe.errors import MessageRejected, SinkUnavailable, leaf_errors
 from mailpipe.logs import ConditionLog
 from mailpipe.live_status import LIVE
 from mailpipe.metrics import METRICS
@@ -358,9 +358,7 @@ def is_outage(failure: Failure) -> bool:
 
 
 def _all_storage_full(error: BaseException) -> bool:
-    if isinstance(error, BaseExceptionGroup):
-        return error.split(storage_full)[1] is None
-    return storage_full(error)
+    return all(storage_full(leaf) for leaf in leaf_errors(error))
 
 
 

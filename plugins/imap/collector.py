@@ -38,7 +38,6 @@ is tried again every ``STORAGE_RETRY_SECONDS``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -55,6 +54,7 @@ from mailpipe.plugins.imap.client import (
 from mailpipe.plugins.imap.probe import asyncio_required
 from mailpipe.plugins.imap.settings import ImapSettings
 from mailpipe.disk_space import storage_full
+from mailpipe.errors import leaf_errors
 from mailpipe.live_status import LIVE
 from mailpipe.types import CollectContext, Connection
 
@@ -351,18 +351,10 @@ def interruption(error: BaseException) -> BaseException | None:
     away or misbehaved, the spool's disk is full), found inside the
     ``ExceptionGroup`` of the task groups it came through; None when ``error``
     holds anything else (a bug, which must not be retried silently)."""
-    leaves = list(_leaves(error))
+    leaves = leaf_errors(error)
     if leaves and all(isinstance(leaf, ImapError) or storage_full(leaf) for leaf in leaves):
         return leaves[0]
     return None
-
-
-def _leaves(error: BaseException) -> Iterable[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 def _streamer(session: ImapSession, uid: int) -> Callable[[], AsyncIterator[bytes | bytearray]]:
