@@ -106,7 +106,7 @@ def start_server(latency_ms: float) -> Server:
 def make_messages(directory: Path, count: int) -> list[Any]:
     import anyio
 
-    from mailpipe.spool import Spool
+    from mailpipe.spool.queue import Spool
 
     spool = Spool(directory / "spool")
 

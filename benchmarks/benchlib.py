@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-MAILPIPE = [sys.executable, "-m", "mailpipe.cli"]
+MAILPIPE = [sys.executable, "-m", "mailpipe.cli.main"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

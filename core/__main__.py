@@ -7,7 +7,7 @@ is enough.
 
 import sys
 
-from mailpipe.cli import main
+from mailpipe.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, Va
 from pydantic import model_validator
 
 from mailpipe.errors import ConfigError
-from mailpipe.timestamps import duration_seconds
+from mailpipe.common.timestamps import duration_seconds
 
 DEFAULT_CONFIG_TEXT = """\
 [server]
@@ -135,7 +135,7 @@ class SmtpConfig(_Section):
     max_line_length: int = Field(
         0, ge=0, description=f"0 (no limit beyond the message size) or a whole number of at least {MIN_LINE_LENGTH}"
     )
-    # Concurrent connections (mailpipe.smtp.limits): over a limit, 421 4.7.0.
+    # Concurrent connections (mailpipe.intake.smtp.limits): over a limit, 421 4.7.0.
     # 0 for the total: what the open-files limit allows; 0 per client: none.
     max_connections: int = Field(1000, ge=0, description="a whole number, 0 (as many as open files allow) or more")
     max_connections_per_client: int = Field(100, ge=0, description="a whole number, 0 (no limit) or more")
@@ -148,7 +148,7 @@ class SmtpConfig(_Section):
     @field_validator("listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
-        from mailpipe.smtp.addresses import parse_listen
+        from mailpipe.message.addresses import parse_listen
 
         try:
             parse_listen(value)
@@ -199,7 +199,7 @@ class PipelineConfig(_Section):
     concurrency: int = Field(1, ge=1, le=256, description="a whole number from 1 to 256")
     # messages handed to a sink's store_batch at once
     batch_size: int = Field(64, ge=1, le=10_000, description="a whole number from 1 to 10000")
-    # The pipeline runs in a process of its own (mailpipe.pipeline_process),
+    # The pipeline runs in a process of its own (mailpipe.server.pipeline_process),
     # at this CPU priority: "idle" runs it on what intake leaves free; "auto"
     # is "idle" with SMTP worker processes (serve --workers N), else "normal".
     own_process: bool = Field(True, description="true or false (without quotes)")
@@ -521,3 +521,7 @@ def _show(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(value)
+
+
+#: The keys of a ``[[sinks]]`` table that the host reads; the others are the sink's own settings.
+HOST_SINK_KEYS = frozenset({"type", "name", "required"})

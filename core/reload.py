@@ -10,7 +10,7 @@ children: the pipeline process, SMTP workers) handles it the same way:
   running part registered with :func:`on_reload`: the SMTP listener loads
   the TLS certificate files again, so that renewed certificates reach new
   sessions without a restart; the pipeline rebuilds a sink whose optional
-  settings changed (mailpipe.sink_reload);
+  settings changed (mailpipe.pipeline.sink_reload);
 - log one ``configuration reloaded`` line naming what was reloaded, and a
   warning naming every changed setting that needs a restart (listen
   addresses, data_dir, sinks, pipeline settings...).
@@ -25,10 +25,9 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from mailpipe.config import Config, load_config
+from mailpipe.config import HOST_SINK_KEYS, Config, load_config
 from mailpipe.errors import MailpipeError
 from mailpipe.logs import current_level, set_level
-from mailpipe.runtime import HOST_SINK_KEYS
 
 if TYPE_CHECKING:
     from mailpipe.plugin_host import PluginHost

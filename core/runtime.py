@@ -20,21 +20,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from mailpipe.config import Config, load_config
-from mailpipe.connections import ConnectionService
-from mailpipe.disk_space import store_status_reporter
+from mailpipe.config import HOST_SINK_KEYS, Config, load_config
+from mailpipe.connections.service import ConnectionService, store_status_reporter
 from mailpipe.errors import ConfigError, SecretKeyError
-from mailpipe.live_status import LIVE
-from mailpipe.permissions import apply_umask, group_id, secure_data_dir
-from mailpipe.pipeline import SinkSlot
+from mailpipe.connections.live_status import LIVE
+from mailpipe.common.permissions import apply_umask, group_id, secure_data_dir
 from mailpipe.plugin_host import PluginHost, load_plugins
-from mailpipe.secrets import KEY_ENV, PREFIX, SecretBox
-from mailpipe.spool import Spool
-from mailpipe.store import SQLiteStore
-from mailpipe.types import SinkContext, SinkType
+from mailpipe.connections.secrets import KEY_ENV, PREFIX, SecretBox
+from mailpipe.spool.queue import Spool
+from mailpipe.connections.store import SQLiteStore
+from mailpipe.types import SinkContext, SinkSlot, SinkType
 
 #: Keys of a [[sinks]] table that belong to the host, not to the sink type.
-HOST_SINK_KEYS = {"type", "name", "required"}
 
 #: existing: the state database was there; created: this process made it;
 #: none: there is none and nothing was created.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Literal, P
 from mailpipe.errors import MessageRejected, SinkUnavailable  # noqa: F401
 
 if TYPE_CHECKING:
-    from mailpipe.spool import SpooledMessage
+    from mailpipe.spool.queue import SpooledMessage
 
 SettingKind = Literal["str", "int", "bool", "list", "secret", "address", "path"]
 
@@ -134,6 +134,16 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass
+class SinkSlot:
+    """A configured sink as the pipeline holds it: its name, the instance, and
+    whether a message may leave the spool without being stored there."""
+
+    name: str
+    sink: Sink
+    required: bool = True
+
+
 #: What a sink reports for one message it could not store: the exception,
 #: or a bare text (which counts as a message problem).
 Failure = BaseException | str
@@ -147,7 +157,7 @@ class BatchSink(Sink, Protocol):
 
     ``store_batch`` returns ``{spool id: failure}`` for the messages it could
     not store (an empty dict when all were stored); raising fails the whole
-    batch. ``mailpipe.sink_batch.store_each`` is the one-by-one fallback.
+    batch. ``mailpipe.pipeline.sink_batch.store_each`` is the one-by-one fallback.
     """
 
     async def store_batch(self, messages: list["SpooledMessage"]) -> dict[str, Failure]: ...

@@ -38,11 +38,11 @@ from typing import Any, Callable, Iterable, Iterator
 import anyio.to_thread
 
 from mailpipe import hookimpl
-from mailpipe.durability import SYNCFS, sync_filesystem_of
+from mailpipe.spool.durability import SYNCFS, sync_filesystem_of
 from mailpipe.errors import MessageRejected, SinkUnavailable
-from mailpipe.permissions import group_id, secure_directory
-from mailpipe.sink_batch import store_each
-from mailpipe.spool import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
+from mailpipe.common.permissions import group_id, secure_directory
+from mailpipe.pipeline.sink_batch import store_each
+from mailpipe.spool.queue import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.types import ArchivedMessage, Failure, Mismatch, Setting, SinkContext, SinkType, TestResult
 
 log = logging.getLogger("mailpipe.sinks.filesystem")
@@ -91,7 +91,7 @@ class FilesystemSink:
 
     async def store_batch(self, messages: list[SpooledMessage]) -> dict[str, Failure]:
         """Store many messages with one pair of filesystem syncs (see
-        mailpipe.durability); returns ``{spool id: error}`` for failures."""
+        mailpipe.spool.durability); returns ``{spool id: error}`` for failures."""
         if SYNCFS is None or not self.fsync:
             return await store_each(self, messages)
         try:

@@ -70,7 +70,7 @@ from mailpipe.sinks.s3_layout import (
     strip_part_count,
 )
 from mailpipe.sinks.s3_settings import MAX_PARTS, SETTINGS, S3Settings, parse_settings
-from mailpipe.spool import CHUNK_SIZE, SpooledMessage
+from mailpipe.spool.queue import CHUNK_SIZE, SpooledMessage
 from mailpipe.types import SinkContext, SinkType, TestResult
 
 T = TypeVar("T")

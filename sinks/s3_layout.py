@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mailpipe.sinks.filesystem import _safe as safe_segment
-from mailpipe.spool import CHUNK_SIZE, SpooledMessage
+from mailpipe.spool.queue import CHUNK_SIZE, SpooledMessage
 
 
 @dataclass(frozen=True)

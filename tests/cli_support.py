@@ -15,7 +15,7 @@ import anyio
 from helpers import MAILPIPE, CliResult, cli
 from mailpipe.config import load_config
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import QUARANTINE, QUEUE, DeliveryState, Spool
+from mailpipe.spool.queue import QUARANTINE, QUEUE, DeliveryState, Spool
 from mailpipe.types import SinkContext
 
 O365 = ("--set", "undeliverable_journal_address=journal-ndr@customer.example")

@@ -1,6 +1,6 @@
 """Checks shared by the tests of the compatibility modules (aioimaplib_compat, aiosmtpd_compat).
 
-A compatibility module declares ``RELIES_ON`` (see mailpipe.reliance). The
+A compatibility module declares ``RELIES_ON`` (see mailpipe.common.reliance). The
 tests built from these helpers make three promises:
 
 1. every entry still holds against the installed library (names, the
@@ -30,7 +30,7 @@ from packaging.requirements import Requirement
 import mailpipe
 import mailpipe.plugins
 import mailpipe.sinks
-from mailpipe.reliance import Reliance
+from mailpipe.common.reliance import Reliance
 
 
 def broken_reliances(relies_on: tuple[Reliance, ...]) -> list[str]:

@@ -46,7 +46,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def restore_umask() -> Iterator[None]:
     """Opening a Runtime in the test process sets mailpipe's private umask
-    (077, mailpipe.permissions), as the CLI and the server do for themselves;
+    (077, mailpipe.common.permissions), as the CLI and the server do for themselves;
     peers started later in this process (a session's Dovecot writing its
     passwd files) must not inherit it."""
     before = os.umask(0o022)

@@ -21,10 +21,10 @@ from peers.process import free_port as free_port  # tests import it from here
 import anyio
 
 from mailpipe.errors import MessageRejected
-from mailpipe.spool import SpooledMessage
+from mailpipe.spool.queue import SpooledMessage
 from mailpipe.types import TestResult
 
-MAILPIPE = [sys.executable, "-m", "mailpipe.cli"]
+MAILPIPE = [sys.executable, "-m", "mailpipe.cli.main"]
 
 
 def write_config(directory: Path, extra: str = "", smtp_port: int | None = None, sinks: str | None = None) -> Path:

@@ -44,7 +44,7 @@ def test_importing_mailpipe_changes_no_interpreter_setting() -> None:
         "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
         "        importlib.import_module(module.name)\n"
         "after = (sys.getrecursionlimit(), sys.getswitchinterval())\n"
-        "assert 'mailpipe.plugins.imap.client' in sys.modules and 'mailpipe.smtp.protocol' in sys.modules\n"
+        "assert 'mailpipe.plugins.imap.client' in sys.modules and 'mailpipe.intake.smtp.protocol' in sys.modules\n"
         "print(before == after, before, after)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import aiosmtpd
 from compat_support import broken_reliances, pin_problems, private_uses_elsewhere, unlisted_reliances
 
-from mailpipe.smtp import aiosmtpd_compat
+from mailpipe.intake.smtp import aiosmtpd_compat
 
 
 def test_every_reliance_on_aiosmtpd_still_holds() -> None:

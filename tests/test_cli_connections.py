@@ -112,7 +112,7 @@ def test_errors_without_json_are_plain_sentences(config_path: Path) -> None:
     import sys
 
     completed = subprocess.run(
-        [sys.executable, "-m", "mailpipe.cli", "connections", "show", "nope", "--config", str(config_path)],
+        [sys.executable, "-m", "mailpipe.cli.main", "connections", "show", "nope", "--config", str(config_path)],
         capture_output=True, text=True,
     )
     assert completed.returncode == 1

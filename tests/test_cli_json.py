@@ -13,7 +13,7 @@ import pytest
 
 from cli_support import O365, leaf_commands, populate
 from helpers import cli, write_config
-from mailpipe.cli import build_parser
+from mailpipe.cli.main import build_parser
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 SECTION = re.compile(r"^### `mailpipe ([^`]*)`\n(.*?)(?=^### |\Z)", re.M | re.S)

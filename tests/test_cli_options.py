@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import add_connection, files_under, leaf_commands, run_mailpipe
-from mailpipe.cli import build_parser, parse_arguments
+from mailpipe.cli.main import build_parser, parse_arguments
 from test_plugin_host import example_installed  # noqa: F401  (session fixture)
 
 

@@ -28,7 +28,7 @@ def test_accept_out_of_files_reports_are_one_line(caplog: pytest.LogCaptureFixtu
     import asyncio
     import errno
 
-    from mailpipe.smtp.limits import quiet_accept_errors
+    from mailpipe.intake.smtp.limits import quiet_accept_errors
 
     async def burst() -> None:
         loop = asyncio.get_running_loop()

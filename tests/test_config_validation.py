@@ -19,9 +19,9 @@ from typing import Callable
 import pytest
 from helpers import MAILPIPE, cli, write_config
 
-from mailpipe.cli_config import effective_sink, mask_url_password
+from mailpipe.cli.config import effective_sink, mask_url_password
 from mailpipe.config import load_config
-from mailpipe.secrets import MASK
+from mailpipe.connections.secrets import MASK
 from mailpipe.types import Setting, SinkType
 
 

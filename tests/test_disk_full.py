@@ -27,9 +27,9 @@ import smtplib
 
 from smtp_helpers import SmtpSetup, dot_stuff, make_setup
 
-from mailpipe.pipeline import Pipeline, SinkSlot
+from mailpipe.pipeline.delivery import Pipeline, SinkSlot
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import Spool
+from mailpipe.spool.queue import Spool
 from mailpipe.types import SinkContext
 
 MiB = 1024 * 1024
@@ -245,7 +245,7 @@ async def test_pipeline_survives_a_full_disk_while_recording_state(
 
 def test_reserve_setting_and_default() -> None:
     from mailpipe.config import parse_config
-    from mailpipe.disk_space import default_reserve
+    from mailpipe.spool.disk_space import default_reserve
     from mailpipe.errors import ConfigError
 
     assert parse_config("[spool]\nmin_free_bytes = 1000\n", Path("."), "t").spool.min_free_bytes == 1000
@@ -270,10 +270,10 @@ async def test_enospc_while_committing_is_a_temporary_452_and_leaves_nothing(
     refused message stays in tmp/ or the queue."""
     import errno
 
-    from mailpipe import group_commit
+    from mailpipe.spool import group_commit
     from mailpipe.config import SmtpConfig
-    from mailpipe.group_commit import GroupCommitter
-    from mailpipe.smtp.receive import MessageReceiver, Route, SessionFacts
+    from mailpipe.spool.group_commit import GroupCommitter
+    from mailpipe.intake.smtp.receive import MessageReceiver, Route, SessionFacts
     from mailpipe.types import Connection
 
     spool = Spool(small_fs / "spool", min_free_bytes=0)

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import archived_files, cli
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import Spool
+from mailpipe.spool.queue import Spool
 from mailpipe.types import SinkContext
 
 pytestmark = pytest.mark.anyio

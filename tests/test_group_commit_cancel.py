@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mailpipe.group_commit import GroupCommitter, StagedMessage
-from mailpipe.spool import Spool
+from mailpipe.spool.group_commit import GroupCommitter, StagedMessage
+from mailpipe.spool.queue import Spool
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from peers.dovecot import Dovecot
 
 from mailpipe.plugins.imap.client import ImapSession
 from mailpipe.plugins.imap.collector import Collector, FetchedMessage, spool_as_is
-from mailpipe.spool import Spool
+from mailpipe.spool.queue import Spool
 from mailpipe.types import CollectContext, Connection
 
 WAIT = 30.0  # bounds only: a broken build fails instead of hanging

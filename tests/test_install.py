@@ -106,7 +106,7 @@ def _unit_lines() -> dict[str, str]:
 
 def test_systemd_unit_is_what_docs_operations_describes(tmp_path: Path) -> None:
     unit = _unit_lines()
-    assert unit["Type"] == "notify"  # core/sd_notify.py sends READY=1
+    assert unit["Type"] == "notify"  # core/server/sd_notify.py sends READY=1
     assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert unit["ExecStart"].split()[1:3] == ["serve", "--config"]
     assert unit["User"] == "mailpipe" and unit["NoNewPrivileges"] == "yes" and unit["ProtectSystem"] == "strict"

@@ -19,9 +19,9 @@ from journal_samples import (
     build_report_around_text,
     to_lf,
 )
-from mailpipe import mime
-from mailpipe.journal import MAX_REPORT_TEXT, journal_format, parse_journal_report
-from mailpipe.mime import MimeError, read_headers
+from mailpipe.message import mime
+from mailpipe.message.journal import MAX_REPORT_TEXT, journal_format, parse_journal_report
+from mailpipe.message.mime import MimeError, read_headers
 
 DEFAULT_ENVELOPE = [
     {"address": "a@x", "kind": "To", "expanded": None, "forwarded": None},
@@ -387,7 +387,7 @@ def _stream(data: bytes) -> io.BytesIO:
 
 
 def test_plain_mail_is_not_given_to_the_mime_parser(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailpipe import journal
+    from mailpipe.message import journal
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("plain mail reached the MIME parser")

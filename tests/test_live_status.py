@@ -19,7 +19,7 @@ from imap_support import add_imap_connection, make_message
 from peers.dovecot import Dovecot
 from smtp_helpers import SmtpSetup, make_setup, send
 
-from mailpipe.live_status import WRITES_KEY
+from mailpipe.connections.live_status import WRITES_KEY
 
 WAIT = 60.0  # bounds only: a broken build fails instead of hanging
 SENDER = "journal@contoso.com"

@@ -22,8 +22,8 @@ from journal_samples import (
     build_original,
     to_lf,
 )
-from mailpipe.mime import MimeError, iter_body, iter_parts, read_body, read_headers
-from mailpipe.ndr import extract_wrapped_journal_report, find_wrapped_journal_report
+from mailpipe.message.mime import MimeError, iter_body, iter_parts, read_body, read_headers
+from mailpipe.message.ndr import extract_wrapped_journal_report, find_wrapped_journal_report
 
 Write = Callable[[bytes], Path]
 

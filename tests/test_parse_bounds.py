@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from journal_samples import report_lines
-from mailpipe.enrich import default_enrichers
-from mailpipe.journal import MAX_PARTS_WALKED
-from mailpipe.pipeline import Pipeline, SinkSlot
+from mailpipe.pipeline.enrich import default_enrichers
+from mailpipe.message.journal import MAX_PARTS_WALKED
+from mailpipe.pipeline.delivery import Pipeline, SinkSlot
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import Spool
+from mailpipe.spool.queue import Spool
 from mailpipe.types import SinkContext
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +54,7 @@ async def test_a_message_of_many_empty_parts_is_parsed_partially_and_holds_nobod
 
 
 async def test_an_ordinary_report_is_not_partial(tmp_path: Path) -> None:
-    from mailpipe.enrich import journal_facts
+    from mailpipe.pipeline.enrich import journal_facts
 
     spool = Spool(tmp_path / "spool")
     message = await spool.write_bytes(many_empty_parts(3), {})

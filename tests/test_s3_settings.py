@@ -10,7 +10,7 @@ from helpers import cli, write_config
 from mailpipe.sinks.s3 import S3Sink, mailpipe_sink_types
 from mailpipe.sinks.s3_layout import composite_checksum, keys_for, plan_parts, sha256_base64
 from mailpipe.sinks.s3_settings import MIB, parse_settings
-from mailpipe.spool import SpooledMessage
+from mailpipe.spool.queue import SpooledMessage
 from mailpipe.types import SinkContext
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

@@ -19,7 +19,7 @@ import pytest
 
 from mailpipe.sinks.s3 import S3Sink
 from mailpipe.sinks.s3_errors import IntegrityError, S3SinkError
-from mailpipe.spool import Spool, SpooledMessage
+from mailpipe.spool.queue import Spool, SpooledMessage
 from mailpipe.types import SinkContext
 
 pytestmark = [pytest.mark.anyio, pytest.mark.peer]

@@ -10,11 +10,11 @@ from cryptography.fernet import Fernet
 
 from mailpipe import hookimpl
 from mailpipe.config import load_config
-from mailpipe.connections import ConnectionService
+from mailpipe.connections.service import ConnectionService
 from mailpipe.errors import SecretKeyError
 from mailpipe.plugin_host import PluginHost
-from mailpipe.secrets import MASK, SecretBox
-from mailpipe.store import SQLiteStore
+from mailpipe.connections.secrets import MASK, SecretBox
+from mailpipe.connections.store import SQLiteStore
 from mailpipe.types import CollectContext, Connection, ConnectionType, Setting
 
 pytestmark = pytest.mark.anyio

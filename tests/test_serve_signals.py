@@ -273,7 +273,7 @@ def test_sd_notify_ready_reloading_stopping(tmp_path: Path, notify_socket) -> No
 
 
 def test_sd_notify_to_a_socket_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailpipe import sd_notify
+    from mailpipe.server import sd_notify
 
     path = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import FlakySink
-from mailpipe.pipeline import Pipeline, SinkSlot
+from mailpipe.pipeline.delivery import Pipeline, SinkSlot
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import Spool, SpooledMessage
+from mailpipe.spool.queue import Spool, SpooledMessage
 from mailpipe.types import BatchSink, Failure, ReadableArchive, Sink, SinkContext
 
 pytestmark = pytest.mark.anyio

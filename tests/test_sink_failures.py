@@ -9,8 +9,8 @@ import pytest
 
 from mailpipe.config import PipelineConfig, parse_config
 from mailpipe.errors import ConfigError, MessageRejected, SinkUnavailable
-from mailpipe.pipeline import Pipeline, SinkSlot, is_outage
-from mailpipe.spool import QUARANTINE, Spool
+from mailpipe.pipeline.delivery import Pipeline, SinkSlot, is_outage
+from mailpipe.spool.queue import QUARANTINE, Spool
 from helpers import FlakySink
 
 pytestmark = pytest.mark.anyio

@@ -23,9 +23,9 @@ from helpers import (
     with_pipeline,
     write_config,
 )
-from mailpipe.pipeline import Pipeline
+from mailpipe.pipeline.delivery import Pipeline
 from mailpipe.runtime import Runtime
-from mailpipe.spool import QUEUE
+from mailpipe.spool.queue import QUEUE
 
 pytestmark = pytest.mark.peer
 

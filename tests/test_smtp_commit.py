@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mailpipe.group_commit import GroupCommitter
-from mailpipe.spool import Spool
+from mailpipe.spool.group_commit import GroupCommitter
+from mailpipe.spool.queue import Spool
 
 
 async def commit_many(committer: GroupCommitter, count: int) -> list:

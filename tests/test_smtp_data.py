@@ -9,9 +9,9 @@ import random
 import pytest
 
 from mailpipe.errors import ConfigError
-from mailpipe.smtp.addresses import ListenAddress, parse_listen
-from mailpipe.smtp.data import DataChecks, DotUnstuffer, read_data
-from mailpipe.smtp.routing import reply_line
+from mailpipe.message.addresses import ListenAddress, parse_listen
+from mailpipe.intake.smtp.data import DataChecks, DotUnstuffer, read_data
+from mailpipe.intake.smtp.routing import reply_line
 from mailpipe.types import Decision, Verdict
 
 AFTER = b"QUIT\r\n"  # a pipelined command that must stay in the reader

@@ -1,7 +1,7 @@
 """Journal reports journaled over SMTP: archived byte for byte, envelope facts in the metadata.
 
 The reports are built from Microsoft's published format (tests/journal_samples.py);
-the parsing itself is the pipeline's enricher (core/enrich.py), which every path uses.
+the parsing itself is the pipeline's enricher (core/pipeline/enrich.py), which every path uses.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def _children(pid: int) -> list[int]:
 
 def _role_of(pid: int) -> str:
     command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    return "pipeline" if b"mailpipe.pipeline_process" in command else "smtp"
+    return "pipeline" if b"mailpipe.server.pipeline_process" in command else "smtp"
 
 
 def _alive(pid: int) -> bool:

@@ -9,10 +9,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from mailpipe.group_commit import GroupCommitter
-from mailpipe.pipeline import retry_quarantined
-from mailpipe.spool import QUARANTINE, QUEUE, Spool
-from mailpipe.spool_check import BOOT_KEY, CHECKED_BOOT_FILE, check_after_reboot, current_boot_id
+from mailpipe.spool.group_commit import GroupCommitter
+from mailpipe.pipeline.delivery import retry_quarantined
+from mailpipe.spool.queue import QUARANTINE, QUEUE, Spool
+from mailpipe.spool.check import BOOT_KEY, CHECKED_BOOT_FILE, check_after_reboot, current_boot_id
 
 NEXT_BOOT = "00000000-0000-4000-8000-000000000001"
 

@@ -11,9 +11,9 @@ import anyio
 import pytest
 
 from mailpipe.config import PipelineConfig
-from mailpipe.pipeline import Pipeline, SinkSlot, retry_quarantined
+from mailpipe.pipeline.delivery import Pipeline, SinkSlot, retry_quarantined
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import QUARANTINE, QUEUE, Spool, SpooledMessage
+from mailpipe.spool.queue import QUARANTINE, QUEUE, Spool, SpooledMessage
 from mailpipe.types import SinkContext, TestResult
 
 from helpers import FlakySink

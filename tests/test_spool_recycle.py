@@ -10,13 +10,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mailpipe import recycle
-from mailpipe.group_commit import GroupCommitter
-from mailpipe.pipeline import Pipeline, SinkSlot
-from mailpipe.recycle import FileRecycler
+from mailpipe.spool import recycle
+from mailpipe.spool.group_commit import GroupCommitter
+from mailpipe.pipeline.delivery import Pipeline, SinkSlot
+from mailpipe.spool.recycle import FileRecycler
 from mailpipe.sinks.filesystem import FilesystemSink
-from mailpipe.spool import FREE, QUEUE, Spool
-from mailpipe.spool_notify import SpoolAnnouncer, receive_announcements
+from mailpipe.spool.queue import FREE, QUEUE, Spool
+from mailpipe.spool.notify import SpoolAnnouncer, receive_announcements
 from mailpipe.types import SinkContext
 
 pytestmark = pytest.mark.anyio
@@ -149,7 +149,7 @@ async def test_announcements_wait_while_the_pipelines_queue_is_full(tmp_path: Pa
     pipeline's rescan)."""
     import socket
 
-    from mailpipe.spool_notify import socket_name
+    from mailpipe.spool.notify import socket_name
 
     root = tmp_path / "spool"
     root.mkdir()

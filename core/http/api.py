@@ -1,7 +1,7 @@
 """The JSON API under /api/v1/: the CLI's commands over HTTP.
 
 Each route calls the same service (ConnectionService, AccountService,
-AuditLog) and the same view functions (mailpipe.views) as the CLI, and
+AuditLog) and the same view functions (mailpipe.connections.views) as the CLI, and
 answers with the same object the CLI prints with ``--json`` (``config``,
 ``data_dir`` and ``state`` included), so a script can move from one to the
 other without changes. Errors are ``{"error": sentence}``; validation
@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from mailpipe.cli_accounts import audit_view
-from mailpipe.cli_output import with_rfc3339
+from mailpipe.connections.audit import audit_view
+from mailpipe.common.timestamps import with_rfc3339
 from mailpipe.errors import MailpipeError, NotFound, ValidationError
 from mailpipe.http.auth import CSRF_HEADER, SAFE_METHODS, Principal, authenticate, csrf_ok
 from mailpipe.runtime import state_context
-from mailpipe.secrets import MASK
-from mailpipe.spool import QUARANTINE, QUEUE
-from mailpipe.views import (
+from mailpipe.connections.secrets import MASK
+from mailpipe.spool.queue import QUARANTINE, QUEUE
+from mailpipe.connections.views import (
     archive_summary,
     connection_type_view,
     connection_view,
@@ -213,7 +213,7 @@ class Api:
         return self.answer(await self.run(spool_view, self.runtime, QUARANTINE))
 
     async def retry(self, request: Request, who: Principal) -> Response:
-        from mailpipe.pipeline import retry_quarantined
+        from mailpipe.pipeline.delivery import retry_quarantined
 
         data = await self.body(request) if await request.body() else {}
         ids = data.get("ids")

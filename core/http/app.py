@@ -27,13 +27,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from mailpipe.accounts import AccountService
-from mailpipe.audit import Actor
+from mailpipe.connections.accounts import AccountService
+from mailpipe.connections.audit import Actor
 from mailpipe.errors import ConfigError, NotFound
 from mailpipe.http.api import Api
 from mailpipe.http.auth import SESSION_COOKIE, LoginLimiter, Sessions, remote_of
 from mailpipe.http.page import Page, document
-from mailpipe.metrics import render
+from mailpipe.connections.metrics import render
 from mailpipe.types import Connection
 
 log = logging.getLogger("mailpipe.http")

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from mailpipe.accounts import Account, AccountService
-from mailpipe.audit import Actor
-from mailpipe.timestamps import utc_now
+from mailpipe.connections.accounts import Account, AccountService
+from mailpipe.connections.audit import Actor
+from mailpipe.common.timestamps import utc_now
 
 SESSION_COOKIE = "mailpipe_session"
 CSRF_HEADER = "x-csrf-token"

@@ -22,9 +22,9 @@ from starlette.routing import Route
 
 from mailpipe.errors import MailpipeError, NotFound, ValidationError
 from mailpipe.http.auth import CSRF_FIELD, Principal, authenticate, csrf_ok
-from mailpipe.secrets import MASK
+from mailpipe.connections.secrets import MASK
 from mailpipe.types import ConnectionType
-from mailpipe.views import connection_view
+from mailpipe.connections.views import connection_view
 
 SETTING_PREFIX = "setting."
 STATUS_LABELS = {"untested": "untested", "testing": "testing…", "ok": "ok", "failed": "failed"}

@@ -52,7 +52,7 @@ from typing import Any
 
 import aioimaplib
 
-from mailpipe.reliance import Reliance
+from mailpipe.common.reliance import Reliance
 
 _AIOIMAPLIB_LOG = logging.getLogger("aioimaplib.aioimaplib")
 

@@ -53,9 +53,9 @@ from mailpipe.plugins.imap.client import (
 )
 from mailpipe.plugins.imap.probe import asyncio_required
 from mailpipe.plugins.imap.settings import ImapSettings
-from mailpipe.disk_space import storage_full
+from mailpipe.spool.disk_space import storage_full
 from mailpipe.errors import leaf_errors
-from mailpipe.live_status import LIVE
+from mailpipe.connections.live_status import LIVE
 from mailpipe.types import CollectContext, Connection
 
 log = logging.getLogger("mailpipe.imap")

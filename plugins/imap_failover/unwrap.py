@@ -2,7 +2,7 @@
 
 Office 365 sends a journal report it could not deliver to the undeliverable
 journal mailbox, inside a non-delivery report. Here each fetched message is
-looked into (``mailpipe.ndr``): a wrapped journal report is archived — its
+looked into (``mailpipe.message.ndr``): a wrapped journal report is archived — its
 exact bytes — under the backed-up ``smtp_o365`` connection, as if it had come
 by SMTP (the pipeline's journal enricher reads its envelope), marked with
 provenance ``imap_failover``. The same report arriving by SMTP as well is
@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import anyio
 import anyio.to_thread
 
-from mailpipe.mime import MimeError
-from mailpipe.ndr import extract_wrapped_journal_report
+from mailpipe.message.mime import MimeError
+from mailpipe.message.ndr import extract_wrapped_journal_report
 from mailpipe.plugins.imap.collector import FetchedMessage
 from mailpipe.types import CollectContext, Connection
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from mailpipe.spool import SpooledMessage
+from mailpipe.spool.queue import SpooledMessage
 from mailpipe.types import SinkContext, TestResult
 
 

@@ -1,0 +1,1 @@
+"""Small helpers every stage uses: timestamps, file permissions, dependency reliance checks."""

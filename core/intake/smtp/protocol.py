@@ -1,0 +1,348 @@
+"""mailpipe's SMTP session: aiosmtpd's protocol with streamed DATA and routing.
+
+aiosmtpd supplies the connection handling, HELO, STARTTLS, the PROXY
+protocol, RSET/NOOP/QUIT/HELP and the timeouts. mailpipe replaces:
+
+- ``EHLO``: advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING,
+  ENHANCEDSTATUSCODES and STARTTLS (no AUTH: journaling servers are told
+  apart by address and allow-list, not by password);
+- ``MAIL``: accepts the null sender, checks ``SIZE=`` against the limit
+  (``552 5.3.4``) and ``BODY=7BIT|8BITMIME``;
+- ``RCPT``: routes each recipient to a connection (see routing.py);
+- ``DATA``: streams the message into one spool file per connection,
+  replies ``250`` with the queue id only after the spool fsynced it.
+
+What of aiosmtpd's private state these need (the command stream, the
+transaction resets, the idle timer, the address parser) is reached
+through ``aiosmtpd_compat.SMTPBase``'s names, never directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope, Session
+
+from mailpipe.config import SmtpConfig
+from mailpipe.spool.disk_space import storage_full
+from mailpipe.spool.group_commit import GroupCommitter
+from mailpipe.intake.smtp.aiosmtpd_compat import SMTPBase
+from mailpipe.intake.smtp.data import PIECE_LIMIT, read_data
+from mailpipe.intake.smtp.limits import ConnectionLimits
+from mailpipe.connections.metrics import METRICS
+from mailpipe.intake.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
+from mailpipe.intake.smtp.routing import Router
+from mailpipe.types import Envelope
+
+log = logging.getLogger("mailpipe.intake.smtp")
+
+#: More recipients than this in one transaction get ``452 4.5.3`` (RFC 5321 4.5.3.1.8: at least 100).
+MAX_RECIPIENTS = 1000
+#: Seconds to wait for the PROXY header when the PROXY protocol is on.
+PROXY_HEADER_TIMEOUT = 10.0
+
+# <local@domain> followed by parameters; anything unusual (source routes,
+# quoted local parts) goes to aiosmtpd's full RFC 5321 parser instead.
+_SIMPLE_PATH = re.compile(r'<([^<>\s"\\(),:;@]*@[^<>\s"\\(),:;@\[\]]+|)>(.*)$', re.DOTALL)
+
+
+@dataclass
+class ListenerContext:
+    """What every session shares: settings, routing, the spool's committer."""
+
+    settings: SmtpConfig
+    router: Router
+    committer: GroupCommitter
+    hostname: str
+    tls_context: ssl.SSLContext | None = None
+    sessions: set["MailpipeSMTP"] = field(default_factory=set)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+
+
+class MailpipeSession(Session):
+    proxied_ip: str | None = None
+
+
+class Transaction(AiosmtpdEnvelope):
+    """aiosmtpd's envelope plus the routed recipients, per connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: dict[str, Route] = {}
+
+
+class ProxyHandler:
+    """aiosmtpd calls ``handle_PROXY`` with the parsed PROXY header (v1 or v2).
+
+    The proxied source becomes ``Envelope.proxied_ip`` (what allow-lists
+    check). A header without a source address (``PROXY UNKNOWN``, v2
+    ``LOCAL`` health checks) keeps the TCP peer; a malformed header closes
+    the connection without a greeting.
+    """
+
+    async def handle_PROXY(self, server: "MailpipeSMTP", session: MailpipeSession, envelope: Any, proxy_data: Any) -> bool:
+        source = getattr(proxy_data, "src_addr", None)
+        if source is not None and not isinstance(source, (str, bytes)):
+            session.proxied_ip = str(source)
+        return True
+
+
+class MailpipeSMTP(SMTPBase):
+    # aiosmtpd sizes its StreamReader by this: DATA is read in pieces of up
+    # to PIECE_LIMIT. Command lines are still held to command_size_limit.
+    line_length_limit = PIECE_LIMIT
+
+    def __init__(self, context: ListenerContext) -> None:
+        settings = context.settings
+        super().__init__(
+            ProxyHandler(),
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=context.hostname,
+            ident="ESMTP mailpipe",
+            tls_context=context.tls_context,
+            require_starttls=bool(settings.require_tls and context.tls_context),
+            # An inactivity timeout (RFC 5321 4.5.3.2: at least 5 minutes),
+            # re-armed by every command and by every chunk received in DATA.
+            timeout=settings.idle_timeout,
+            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if settings.proxy_protocol else None,
+        )
+        self.context = context
+        # Room for SIZE/BODY/SMTPUTF8 parameters (a per-session table: see aiosmtpd_compat).
+        self.command_size_limits.update({"MAIL": 1024, "RCPT": 1024})
+        self.envelope: Transaction | None = None
+        self._counted_ip: str | None = None  # admitted under the connection limits
+        self._refused = False
+        self._receiving_data = False
+
+    # --- session plumbing ---------------------------------------------------
+
+    def create_session(self) -> MailpipeSession:
+        return MailpipeSession(self.loop)
+
+    def create_transaction(self) -> Transaction:
+        return Transaction()
+
+    def connection_made(self, transport: Any) -> None:
+        if self._counted_ip is None:  # not the second call STARTTLS makes
+            peer = transport.get_extra_info("peername")
+            client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            refusal = self.context.limits.admit(client_ip)
+            if refusal is not None:
+                # Before any session exists: nothing to clean up but the socket.
+                self._refused = True
+                transport.write(f"421 4.7.0 {self.context.hostname} {refusal}\r\n".encode())
+                transport.close()
+                return
+            self._counted_ip = client_ip
+        super().connection_made(transport)
+        self.context.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted_ip is not None and self in self.context.sessions:
+            self.context.limits.release(self._counted_ip)
+        self.context.sessions.discard(self)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._receiving_data:
+            # A sender that keeps sending is never idle, however slowly its
+            # bytes arrive (DATA is read in 64 KiB pieces, which a slow link
+            # may take longer than the idle timeout to fill).
+            self.reset_idle_timer()
+
+    @property
+    def peer_ip(self) -> str:
+        peer = self.session.peer if self.session else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    async def check_helo_needed(self, helo: str = "HELO") -> bool:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push("503 5.5.1 send EHLO (or HELO) first")
+            return True
+        return False
+
+    # --- commands ------------------------------------------------------------
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self.reset_transaction()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [
+            self.hostname,
+            f"SIZE {self.data_size_limit}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.tls_context and not self.uses_tls:
+            lines.append("STARTTLS")
+        lines.append("HELP")
+        await self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push("502 5.5.1 AUTH is not offered here")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        syntax = "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]"
+        rest = self.strip_keyword("FROM:", arg or "")
+        if rest is None:
+            await self.push(syntax)
+            return
+        address, parameters = self._parse_path(rest)
+        if address is None:
+            await self.push("553 5.1.7 malformed sender address")
+            return
+        assert self.envelope is not None and self.session is not None
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 nested MAIL command; send RSET first")
+            return
+        problem = self._check_mail_parameters(parameters)
+        if problem:
+            await self.push(problem)
+            return
+        self.envelope.mail_from = address
+        self.envelope.mail_options = parameters.split()
+        await self.push("250 2.1.0 OK")
+
+    def _check_mail_parameters(self, text: str) -> str | None:
+        assert self.session is not None
+        if text.strip() and not self.session.extended_smtp:
+            return "501 5.5.4 MAIL parameters need EHLO, not HELO"
+        for parameter in text.split():
+            key, _, value = parameter.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not value.isdigit():
+                    return "501 5.5.4 SIZE needs a number of bytes"
+                if self.data_size_limit and int(value) > self.data_size_limit:
+                    return f"552 5.3.4 message size exceeds the limit of {self.data_size_limit} bytes"
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
+            elif key == "SMTPUTF8":
+                if value:
+                    return "501 5.5.4 SMTPUTF8 takes no value"
+            else:
+                return f"555 5.5.4 MAIL parameter {key} is not supported"
+        return None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None and self.session is not None
+        if self.envelope.mail_from is None:
+            await self.push("503 5.5.1 need MAIL command first")
+            return
+        rest = self.strip_keyword("TO:", arg or "")
+        address, parameters = self._parse_path(rest) if rest is not None else (None, "")
+        if not address:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        if parameters.strip():
+            await self.push("555 5.5.4 RCPT parameters are not supported")
+            return
+        if len(self.envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            await self.push(f"452 4.5.3 too many recipients; at most {MAX_RECIPIENTS} per message")
+            return
+        envelope = Envelope(
+            peer_ip=self.peer_ip,
+            helo=self.session.host_name or "",
+            mail_from=self.envelope.mail_from,
+            rcpt_to=address,
+            proxied_ip=self.session.proxied_ip,
+        )
+        routed = await self.context.router.route(envelope)
+        if routed.connection is None:
+            METRICS.recipients_refused.labels(routed.refusal_reason or "refused", routed.reply[:1] + "xx").inc()
+            log.info(
+                "recipient refused",
+                extra={"rcpt_to": address, "peer_ip": envelope.peer_ip, "proxied_ip": envelope.proxied_ip,
+                       "reason": routed.refusal_reason, "reply": routed.reply},
+            )
+        else:
+            route = self.envelope.routes.get(routed.connection.id)
+            if route is None:
+                route = self.envelope.routes[routed.connection.id] = Route(routed.connection, arrival=routed.arrival)
+            if address not in route.recipients:
+                route.recipients.append(address)
+            self.envelope.rcpt_tos.append(address)
+        await self.push(routed.reply)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None and self.session is not None
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        if self.envelope.mail_from is None:
+            await self.push("503 5.5.1 need MAIL command first")
+            return
+        if not self.envelope.routes:
+            await self.push("554 5.5.1 no valid recipients")
+            return
+        try:
+            receiver = await self._open_receiver()
+        except OSError as error:
+            if not storage_full(error):  # disk full is logged by the spool, rate-limited
+                log.error("could not create spool files for a message", extra={"error": str(error)})
+            self.end_transaction()
+            await self.push(storage_reply(error))
+            return
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            self._receiving_data = True
+            await read_data(self.command_reader, receiver.feed, self.reset_idle_timer)
+            self._receiving_data = False
+            reply = await receiver.finish()
+        finally:
+            self._receiving_data = False
+            receiver.abort()
+            self.end_transaction()
+        await self.push(reply)
+
+    async def _open_receiver(self) -> MessageReceiver:
+        assert self.envelope is not None and self.session is not None
+        return await MessageReceiver.open(
+            self.context.committer,
+            list(self.envelope.routes.values()),
+            self.context.settings,
+            SessionFacts(
+                peer_ip=self.peer_ip,
+                proxied_ip=self.session.proxied_ip,
+                helo=self.session.host_name or "",
+                mail_from=self.envelope.mail_from,
+                tls=self.uses_tls,
+            ),
+        )
+
+    # --- helpers -------------------------------------------------------------
+
+    def _parse_path(self, text: str) -> tuple[str | None, str]:
+        """``(address, parameters)``; address ``""`` is the null path ``<>``,
+        ``None`` means unparseable."""
+        text = text.lstrip()
+        match = _SIMPLE_PATH.match(text)
+        if match:
+            return match.group(1), match.group(2)
+        address, rest = self.parse_address(text)
+        if address == "<>":
+            address = ""
+        return address, rest or ""

@@ -1,0 +1,1 @@
+"""Message parsing: MIME (mime.py), journal reports (journal.py), NDRs (ndr.py), addresses."""

@@ -1,1 +1,0 @@
-"""The shared SMTP listener (``mailpipe.smtp``): see listener.py and docs/smtp.md."""

@@ -1,0 +1,7 @@
+"""The durable spool: every message is fsynced here before it is acknowledged.
+
+queue.py is the spool itself (write, claim, quarantine); check.py recovers it
+after a crash or reboot; group_commit.py batches fsyncs across sessions;
+notify.py tells the pipeline process about new files; recycle.py and
+durability.py are its file helpers; disk_space.py keeps the disk from filling.
+"""
