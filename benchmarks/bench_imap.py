@@ -22,7 +22,7 @@ Both peers do less than mailpipe (no spool, no delete, no sink, no
 metadata). Each round fills a fresh mailbox; imaplib and mbsync take turns
 going first, and mailpipe goes last because it empties the mailbox.
 
-The Dovecot is a private instance (tests/peers/dovecot.py; needs root and
+The Dovecot is a private instance (tests/support/peers/dovecot.py; needs root and
 ``dovecot-imapd``). The mailbox is filled by writing Maildir files
 directly, then read once unmeasured so both runs see a warm index.
 
@@ -40,17 +40,14 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from helpers import ServerProcess, cli, write_config  # noqa: E402
-from peers.dovecot import Dovecot  # noqa: E402
+from benchlib import ROOT  # noqa: F401  (first: it makes tests.support importable)
+from tests.support.helpers import ServerProcess, cli, write_config
+from tests.support.peers.dovecot import Dovecot
 
 TARGET_RATIO = 1.0  # mailpipe / imaplib
 MBSYNC_TARGET_RATIO = 1.5  # mailpipe / mbsync

@@ -9,7 +9,7 @@ over all mailpipe processes (the server, its SMTP workers, the pipeline).
 
 Messages are streamed, never held whole: the peak must not grow with the
 message size or count. Issue 16 measured 113 MB for 20 × 140 MB; the limit
-printed here (``--limit-mib``, default 300) is the one tests/test_smtp_large.py
+printed here (``--limit-mib``, default 300) is the one tests/core/intake/test_smtp_large.py
 holds its smaller case (10 × 50 MB) to.
 
     python benchmarks/bench_memory.py                        # 20 x 140 MiB (needs ~3 GB of disk)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import smtplib
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from helpers import ServerProcess, cli, smtp_port_of, write_config  # noqa: E402
+from benchlib import ROOT  # noqa: F401  (first: it makes tests.support importable)
+from tests.support.helpers import ServerProcess, cli, smtp_port_of, write_config
 
 
 def rcpt_code(port: int, address: str) -> int:

@@ -2,7 +2,7 @@
 waiting for a server's banner, and a `mailpipe serve` to measure.
 
 Not a benchmark itself (`make bench` runs only ``bench_*.py``); the scripts
-import it from their own directory.
+import it from their own directory. It makes ``tests.support`` importable.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from pathlib import Path
 
 MAILPIPE = [sys.executable, "-m", "mailpipe.cli.main"]
 ROOT = Path(__file__).resolve().parent.parent
+# The benchmarks use the tests' one support package (real peers, a `mailpipe
+# serve` process) as a package, ``tests.support``, from the repository root.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ callables), so no plugin ever checks "is this call for me?". Those
 callables may be ``def`` or ``async def``; the registration hooks are plain
 ``def`` (pluggy knows nothing about coroutines).
 
-Each example below runs as it stands (``tests/test_hook_docs.py`` runs it).
+Each example below runs as it stands (``tests/core/test_hook_docs.py`` runs it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared fixtures. Real peers (Dovecot, an S3 API server) come from tests/peers."""
+"""Shared fixtures. Real peers (Dovecot, an S3 API server) come from tests/support/peers (the one support package: tests.support)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_config
+from tests.support.helpers import write_config
 
-from peers.fixtures import *  # noqa: F401,F403,E402  (dovecot, moto_s3, certs, ...)
+from tests.support.example_plugin import example_installed  # noqa: F401  (session fixture)
+from tests.support.peers.fixtures import *  # noqa: F401,F403,E402  (dovecot, moto_s3, certs, ...)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The sub-commands: serve, plugins, connections, archive, spool, sinks.
 
 Each ``--json`` output is one object (see mailpipe.cli.output and
-docs/cli.md, whose examples tests/test_cli_json.py checks against the real
+docs/cli.md, whose examples tests/core/cli/test_cli_json.py checks against the real
 output). Only ``serve`` and ``connections add`` may create state.
 """
 

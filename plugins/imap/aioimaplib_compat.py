@@ -4,7 +4,7 @@ aioimaplib's public API speaks IMAP well enough, but three of its parts
 fail a collector that runs for months; they are replaced here by
 subclasses that override its private methods, and nowhere else in mailpipe
 touches a private name of aioimaplib. ``RELIES_ON`` lists each name and
-signature these subclasses assume; ``tests/test_aioimaplib_compat.py``
+signature these subclasses assume; ``tests/plugins/imap/test_aioimaplib_compat.py``
 checks them against the installed library and checks that this module
 uses no private name missing from the table. pyproject.toml pins
 aioimaplib to the releases that test covers (2.0.0 differs from 2.0.3

@@ -9,7 +9,7 @@ objects. :class:`SMTPBase` gives each a public name of mailpipe's own;
 nothing else in mailpipe touches a private name of aiosmtpd.
 
 ``RELIES_ON`` lists each name and signature used here;
-``tests/test_aiosmtpd_compat.py`` checks them against the installed
+``tests/core/intake/test_aiosmtpd_compat.py`` checks them against the installed
 aiosmtpd and checks that this module uses no private name missing from the
 table. pyproject.toml pins aiosmtpd to the releases that test covers
 (before 1.4.6, aiosmtpd did not enforce ``require_starttls``).
