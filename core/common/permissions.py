@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mailpipe.errors import ConfigError
 
-log = logging.getLogger("mailpipe.common.permissions")
+log = logging.getLogger("mailpipe.permissions")
 
 PRIVATE_UMASK = 0o077
 GROUP_UMASK = 0o027

@@ -27,7 +27,8 @@ from mailpipe.types import CollectContext, Connection
 if TYPE_CHECKING:
     from mailpipe.runtime import Runtime
 
-log = logging.getLogger("mailpipe.intake.collectors")
+# Logger names are the parts' stable names (operators filter on them), not module paths.
+log = logging.getLogger("mailpipe.server")
 
 
 def collect_context(

@@ -41,7 +41,7 @@ from mailpipe.pipeline.sink_batch import store_each
 from mailpipe.spool.queue import QUARANTINE, QUEUE, DeliveryState, Spool, SpooledMessage
 from mailpipe.types import BatchSink, Failure, SinkSlot
 
-log = logging.getLogger("mailpipe.pipeline.delivery")
+log = logging.getLogger("mailpipe.pipeline")
 
 Enricher = Callable[[SpooledMessage], dict[str, Any]]
 RESCAN_SECONDS = 1.0

@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus
 if TYPE_CHECKING:
     from mailpipe.runtime import Runtime
 
-log = logging.getLogger("mailpipe.server.master")
+log = logging.getLogger("mailpipe.server")
 
 READY_LINE = b"mailpipe-child-ready\n"
 RESTART_DELAY = 1.0

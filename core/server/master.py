@@ -43,7 +43,7 @@ from mailpipe.runtime import Runtime
 from mailpipe.intake.collectors import collect_context
 from mailpipe.types import CollectContext, Connection, ConnectionType, IntakeContext
 
-log = logging.getLogger("mailpipe.server.master")
+log = logging.getLogger("mailpipe.server")
 
 COLLECTOR_RESTART_SECONDS = (1.0, 60.0)
 

@@ -48,7 +48,7 @@ from mailpipe.pipeline.sink_reload import SinkReloader
 if TYPE_CHECKING:
     from mailpipe.runtime import Runtime
 
-log = logging.getLogger("mailpipe.pipeline.delivery")
+log = logging.getLogger("mailpipe.pipeline")
 
 
 async def run_pipeline(

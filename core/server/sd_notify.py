@@ -20,7 +20,7 @@ import os
 import socket
 import time
 
-log = logging.getLogger("mailpipe.server.master")
+log = logging.getLogger("mailpipe.server")
 
 
 def notify(*fields: str) -> bool:

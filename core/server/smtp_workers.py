@@ -32,7 +32,7 @@ from mailpipe.server.children import child_command, run_child, supervise
 if TYPE_CHECKING:
     from mailpipe.runtime import Runtime
 
-log = logging.getLogger("mailpipe.intake.smtp")
+log = logging.getLogger("mailpipe.smtp")
 
 
 async def run_worker_pool(

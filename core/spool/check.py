@@ -42,7 +42,7 @@ from mailpipe.spool.layout import BOOT_KEY, QUARANTINE, QUEUE, TMP
 if TYPE_CHECKING:
     from mailpipe.spool.queue import Spool
 
-log = logging.getLogger("mailpipe.spool.queue")
+log = logging.getLogger("mailpipe.spool")
 
 CHECKED_BOOT_FILE = "checked-boot"
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-log = logging.getLogger("mailpipe.spool.queue")
+log = logging.getLogger("mailpipe.spool")
 
 DEFAULT_RESERVE_FRACTION = 0.01
 DEFAULT_RESERVE_CAP = 256 * 1024 * 1024

@@ -34,7 +34,7 @@ from typing import Callable
 
 import anyio
 
-log = logging.getLogger("mailpipe.spool.queue")
+log = logging.getLogger("mailpipe.spool")
 
 _SPOOL_ID = re.compile(rb"[0-9a-f]{24}")
 #: Ids per datagram (25 bytes each with the separator).

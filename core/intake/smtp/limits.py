@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from mailpipe.logs import ConditionLog
 
-log = logging.getLogger("mailpipe.intake.smtp")
+log = logging.getLogger("mailpipe.smtp")
 
 #: Descriptors kept for the spool, the state database, logs and the pipeline
 #: when the total connection limit is derived from the open-files limit.

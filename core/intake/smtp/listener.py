@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from mailpipe.plugin_host import PluginHost
     from mailpipe.spool.queue import Spool
 
-log = logging.getLogger("mailpipe.intake.smtp")
+log = logging.getLogger("mailpipe.smtp")
 
 
 async def serve_smtp(

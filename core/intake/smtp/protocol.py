@@ -38,7 +38,7 @@ from mailpipe.intake.smtp.receive import MessageReceiver, Route, SessionFacts, s
 from mailpipe.intake.smtp.routing import Router
 from mailpipe.types import Envelope
 
-log = logging.getLogger("mailpipe.intake.smtp")
+log = logging.getLogger("mailpipe.smtp")
 
 #: More recipients than this in one transaction get ``452 4.5.3`` (RFC 5321 4.5.3.1.8: at least 100).
 MAX_RECIPIENTS = 1000

@@ -30,7 +30,7 @@ from mailpipe.spool.group_commit import GroupCommitter, StagedMessage
 from mailpipe.spool.queue import SpooledMessage
 from mailpipe.types import Connection
 
-log = logging.getLogger("mailpipe.intake.smtp")
+log = logging.getLogger("mailpipe.smtp")
 
 #: ``commit(staged, **extra_metadata)``: returns once the message is durable
 #: (``GroupCommitter.commit``).

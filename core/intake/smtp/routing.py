@@ -30,7 +30,7 @@ from mailpipe.config import SmtpConfig
 from mailpipe.plugin_host import PluginHost
 from mailpipe.types import Connection, Decision, Envelope, Verdict
 
-log = logging.getLogger("mailpipe.intake.smtp")
+log = logging.getLogger("mailpipe.smtp")
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\s")
 _DEFAULT_ENHANCED = {Verdict.DENY: "5.7.1", Verdict.DENYSOFT: "4.7.1", Verdict.ACCEPT: "2.1.5"}
