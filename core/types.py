@@ -27,6 +27,10 @@ class Setting:
     ``kind`` decides how ``--set KEY=VALUE`` text is converted and shown:
     ``list`` is comma-separated, ``secret`` is encrypted at rest and masked
     in every output, ``int``/``bool`` are parsed.
+
+    ``applies_when`` is ``(other setting, value)`` for a setting that only
+    means something when another one has that value (IMAP's ``client_id``
+    with ``auth = oauth2``): the console's form shows it only then.
     """
 
     name: str
@@ -35,6 +39,7 @@ class Setting:
     default: Any = None
     help: str = ""
     choices: tuple[str, ...] = ()
+    applies_when: tuple[str, str] | None = None
 
 
 Receives = Literal["smtp", "pull", "push"]

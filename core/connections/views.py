@@ -43,6 +43,7 @@ def connection_type_view(connection_type: ConnectionType) -> dict[str, Any]:
             {
                 "name": s.name, "kind": s.kind, "required": s.required, "default": s.default,
                 "help": s.help, "choices": list(s.choices),
+                "applies_when": dict(zip(("setting", "value"), s.applies_when)) if s.applies_when else None,
             }
             for s in connection_type.settings
         ],

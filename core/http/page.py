@@ -23,7 +23,7 @@ from starlette.routing import Route
 from mailpipe.errors import MailpipeError, NotFound, ValidationError
 from mailpipe.http.auth import CSRF_FIELD, Principal, authenticate, csrf_ok
 from mailpipe.connections.secrets import MASK
-from mailpipe.types import ConnectionType
+from mailpipe.types import ConnectionType, Setting
 from mailpipe.connections.views import connection_view
 
 SETTING_PREFIX = "setting."
@@ -41,6 +41,24 @@ input,select{padding:.3rem;max-width:100%}.error{color:#a00}.notice{background:#
 button[role=switch][aria-checked=true]{background:#1a7f37;color:#fff}
 @media (max-width:40rem){thead{display:none}td{display:block;border:0;padding:.2rem}tr{display:block;border-bottom:1px solid #ccc;padding:.5rem 0}}
 """
+
+
+#: Shows the fields that apply to the value chosen in the select they depend on
+#: (e.g. the OAuth fields once auth = oauth2 is chosen), without a reload.
+SHOW_APPLICABLE_SCRIPT = """<script>
+(function () {
+  function update() {
+    document.querySelectorAll("div.applies").forEach(function (div) {
+      var select = document.getElementById("f-" + div.dataset.setting);
+      div.hidden = !select || (select.value || div.dataset.default) !== div.dataset.value;
+      // a field that does not apply is not sent either
+      div.querySelectorAll("input, select").forEach(function (i) { i.disabled = div.hidden; });
+    });
+  }
+  document.querySelectorAll("select").forEach(function (s) { s.addEventListener("change", update); });
+  update();
+})();
+</script>"""
 
 
 def esc(value: Any) -> str:
@@ -163,6 +181,7 @@ class Page:
                  f'<input type="hidden" name="type" value="{esc(connection_type.name)}">',
                  self.field("description", "Description", f'<input id="f-description" name="description" '
                             f'value="{esc(description)}">', errors)]
+        defaults = {setting.name: setting.default for setting in connection_type.settings}
         for setting in connection_type.settings:
             name, current = setting.name, values.get(setting.name, "")
             current = ",".join(map(str, current)) if isinstance(current, list) else current
@@ -180,9 +199,25 @@ class Page:
                 control = f'<input id="{field_id}" name="{input_name}" type="{kind}" value="{esc(current)}">'
             label = f"{name}{' (required)' if setting.required else ''}"
             help_text = f'<br><small>{esc(setting.help)}</small>' if setting.help else ""
-            parts.append(self.field(name, label, control + help_text, errors))
+            parts.append(self.conditional(setting, values, defaults, self.field(name, label, control + help_text, errors)))
         parts.append(f'<p><button>{"Save" if editing else "Next"}</button> <a href="/">Cancel</a></p></form>')
+        if any(setting.applies_when for setting in connection_type.settings):
+            parts.append(SHOW_APPLICABLE_SCRIPT)
         return "".join(parts)
+
+    @staticmethod
+    def conditional(setting: Setting, values: dict[str, Any], defaults: dict[str, Any], field: str) -> str:
+        """A field that applies only when another setting has a value (``applies_when``):
+        hidden otherwise, and shown as soon as that value is chosen (SHOW_APPLICABLE_SCRIPT).
+        An empty choice means the other setting's default."""
+        if not setting.applies_when:
+            return field
+        other, wanted = setting.applies_when
+        default = "" if defaults.get(other) is None else str(defaults[other])
+        chosen = str(values.get(other) or "") or default
+        hidden = "" if chosen == wanted else " hidden"
+        return (f'<div class="applies" data-setting="{esc(other)}" data-value="{esc(wanted)}" '
+                f'data-default="{esc(default)}"{hidden}>{field}</div>')
 
     @staticmethod
     def field(name: str, label: str, control: str, errors: dict[str, list[str]]) -> str:

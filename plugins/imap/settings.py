@@ -32,6 +32,8 @@ MICROSOFT_365_IMAP_SERVER = "outlook.office365.com"
 #: Entra ID's public-cloud sign-in host; sovereign clouds have their own
 #: (login.microsoftonline.us, login.partner.microsoftonline.cn).
 DEFAULT_AUTHORITY_HOST = "login.microsoftonline.com"
+#: ``applies_when`` of the settings that only mean something with ``auth=oauth2``.
+OAUTH2 = ("auth", "oauth2")
 #: The settings that only mean something with ``auth=oauth2``.
 OAUTH_SETTING_NAMES = (
     "tenant_id",
@@ -68,35 +70,23 @@ IMAP_SETTINGS: tuple[Setting, ...] = (
         choices=AUTH_CHOICES,
         help="how to sign in: password (IMAP LOGIN, default) or oauth2 (Microsoft 365 app-only, XOAUTH2)",
     ),
-    Setting("password", "secret", help="password of the mailbox, for auth=password (encrypted at rest)"),
-    Setting("tenant_id", "str", help="auth=oauth2: the Entra ID tenant (directory) id, a GUID or a domain"),
-    Setting("client_id", "str", help="auth=oauth2: the app registration's application (client) id, a GUID"),
-    Setting(
-        "client_secret",
-        "secret",
-        help="auth=oauth2: a client secret of the app registration (encrypted at rest)",
-    ),
-    Setting(
-        "client_certificate",
-        "path",
-        help="auth=oauth2, instead of a secret: PEM file with the app's certificate private key",
-    ),
-    Setting(
-        "client_certificate_thumbprint",
-        "str",
-        help="auth=oauth2 with a certificate: its SHA-1 thumbprint as Entra ID shows it (40 hex digits)",
-    ),
-    Setting(
-        "client_certificate_pem",
-        "secret",
-        help="auth=oauth2, instead of client_certificate: the private key PEM itself (encrypted at rest)",
-    ),
-    Setting(
-        "authority_host",
-        "str",
-        help=f"auth=oauth2: Entra ID sign-in host, {DEFAULT_AUTHORITY_HOST} unless the tenant is in a "
-        "sovereign cloud (login.microsoftonline.us) or for a test provider (host:port)",
-    ),
+    Setting("password", "secret", help="password of the mailbox, for auth=password (encrypted at rest)",
+            applies_when=("auth", "password")),
+    Setting("tenant_id", "str", applies_when=OAUTH2,
+            help="auth=oauth2: the Entra ID tenant (directory) id, a GUID or a domain"),
+    Setting("client_id", "str", applies_when=OAUTH2,
+            help="auth=oauth2: the app registration's application (client) id, a GUID"),
+    Setting("client_secret", "secret", applies_when=OAUTH2,
+            help="auth=oauth2: a client secret of the app registration (encrypted at rest)"),
+    Setting("client_certificate", "path", applies_when=OAUTH2,
+            help="auth=oauth2, instead of a secret: PEM file with the app's certificate private key"),
+    Setting("client_certificate_thumbprint", "str", applies_when=OAUTH2,
+            help="auth=oauth2 with a certificate: its SHA-1 thumbprint as Entra ID shows it (40 hex digits)"),
+    Setting("client_certificate_pem", "secret", applies_when=OAUTH2,
+            help="auth=oauth2, instead of client_certificate: the private key PEM itself (encrypted at rest)"),
+    Setting("authority_host", "str", applies_when=OAUTH2,
+            help=f"auth=oauth2: Entra ID sign-in host, {DEFAULT_AUTHORITY_HOST} unless the tenant is in a "
+            "sovereign cloud (login.microsoftonline.us) or for a test provider (host:port)"),
     Setting("mailbox", "str", default="INBOX", help="folder to collect from"),
     Setting(
         "after_archive",

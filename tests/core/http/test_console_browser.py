@@ -210,6 +210,7 @@ def test_the_seed_flow_in_a_real_browser(
 ) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
 
     url, setup = console["url"], console["setup"]
     with screenshot_on_failure(driver, tmp_path, "login", console["setup"].server):
@@ -281,6 +282,14 @@ def test_the_seed_flow_in_a_real_browser(
     user, password = fresh_imap_user
     with screenshot_on_failure(driver, tmp_path, "imap-wrong-password", console["setup"].server):
         choose_type(driver, url, "imap")
+        # The OAuth fields show only once auth = oauth2 is chosen (issue 14), the password only without
+        assert by_css(driver, "#f-password").is_displayed() and not by_css(driver, "#f-tenant_id").is_displayed()
+        Select(by_css(driver, "#f-auth")).select_by_visible_text("oauth2")
+        wait_for(driver, lambda b: by_css(b, "#f-tenant_id").is_displayed(), "the OAuth fields after auth=oauth2")
+        assert by_css(driver, "#f-client_secret").is_displayed() and not by_css(driver, "#f-password").is_displayed()
+        Select(by_css(driver, "#f-auth")).select_by_visible_text("password")
+        wait_for(driver, lambda b: by_css(b, "#f-password").is_displayed(), "the password field again")
+        assert not by_css(driver, "#f-client_id").is_displayed()
         fill(driver, {"description": "Archive mailbox", "server": dovecot.host, "port": str(dovecot.imaps_port),
                       "username": user, "password": "wrong-password", "ca_file": str(dovecot.ca_file)})
         submit(driver)
