@@ -15,6 +15,7 @@ from mailpipe import cli_config
 from mailpipe.audit import Actor
 from mailpipe.cli import emit, fail, open_runtime, printable, run_async, settings_from
 from mailpipe.errors import MailpipeError
+from mailpipe.live_progress import progress_text
 from mailpipe.views import archive_summary as _summary
 from mailpipe.views import connection_view as _public
 from mailpipe.views import plugins_view, sinks_view, spool_view
@@ -203,6 +204,8 @@ def _describe(connection: dict[str, Any]) -> str:
     if "archived_24h" in connection:
         lines.append(f"last message: {connection.get('last_message_at') or 'never'}")
         lines.append(f"archived 24h: {connection['archived_24h']}")
+        if progress_text(connection):
+            lines.append(f"progress:    {progress_text(connection)}")
         if connection.get("last_error"):
             lines.append(f"last error:  {printable(connection['last_error'])}")
     for key, value in sorted(connection["settings"].items()):
@@ -238,6 +241,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{r['id']}  {r['type']:<14} {'enabled ' if r['enabled'] else 'disabled'}  "
             f"{r['status']:<8}  {r.get('last_message_at') or 'never':<24}  {r.get('archived_24h', 0):>6}  "
             f"{printable(r.get('address') or '')}  {printable(r['description'])}"
+            + (f"  ({progress_text(r)})" if progress_text(r) else "")
             for r in d["connections"]
         )
 

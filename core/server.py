@@ -254,6 +254,7 @@ class Server:
             set_state=set_state,
             find_connection=lambda cid: self.directory.by_id.get(cid),
             log=logging.LoggerAdapter(log, {"connection": connection.id}),
+            report_progress=lambda *, remaining, collected=0: LIVE.progress(connection.id, remaining, collected),
         )
 
 

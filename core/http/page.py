@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from mailpipe.errors import MailpipeError, NotFound, ValidationError
 from mailpipe.http.auth import CSRF_FIELD, Principal, authenticate, csrf_ok
+from mailpipe.live_progress import progress_text
 from mailpipe.secrets import MASK
 from mailpipe.types import ConnectionType
 from mailpipe.views import connection_view
@@ -120,14 +121,16 @@ class Page:
         if who.account.admin:
             body.append('<p><a href="/connections/new">Add connection</a></p>')
         body.append("<table><thead><tr><th>Status</th><th>Description</th><th>Type</th><th>Address</th>"
-                    "<th>Last message</th><th>Archived 24 h</th><th>Enabled</th><th>Actions</th></tr></thead><tbody>")
+                    "<th>Last message</th><th>Archived 24 h</th><th>Left on server</th><th>Enabled</th>"
+                    "<th>Actions</th></tr></thead><tbody>")
         for row in rows:
             body.append(self.row(who, row))
         body.append("</tbody></table>")
         if not rows:
             body.append("<p>No connections yet.</p>")
-        testing = any(r["status"] == "testing" for r in rows)
-        return HTMLResponse(document("Connections", "".join(body), refresh=testing))
+        # Refreshed while a test runs or a collector works through a mailbox (it has a time left).
+        busy = any(r["status"] == "testing" or r.get("time_left") for r in rows)
+        return HTMLResponse(document("Connections", "".join(body), refresh=busy))
 
     def row(self, who: Principal, c: dict[str, Any]) -> str:
         status, error = c["status"], c.get("status_error") or ""
@@ -153,6 +156,7 @@ class Page:
                 f'<td class="description">{esc(c["description"])}</td><td>{esc(c["type"])}</td>'
                 f'<td>{address}</td><td class="last-message">{esc(c.get("last_message_at") or "never")}</td>'
                 f'<td class="archived-24h">{esc(str(c.get("archived_24h", 0)))}</td>'
+                f'<td class="progress">{esc(progress_text(c))}</td>'
                 f"<td>{switch}</td><td>{actions}</td></tr>")
 
     # --- add and edit ------------------------------------------------------------------
