@@ -27,7 +27,8 @@ COUNT = 3000
 LINK_BYTES_PER_SECOND = 128 * 1024
 WAIT = 240.0  # bounds only: a broken build fails instead of hanging
 PASSWORD = "correct horse battery"
-PAGE_PROGRESS = re.compile(r'<td class="progress">([\d,]+) left · ([\d.,]+)/s · (.+?) left</td>')
+#: The page keeps each part whole (no-break spaces inside, "\s" matches them).
+PAGE_PROGRESS = re.compile(r'<td class="progress">([\d,]+)\sleft · ([\d.,]+)/s · (.+?)\sleft</td>')
 
 
 def working(fields: dict[str, Any]) -> bool:

@@ -40,12 +40,17 @@ input,select{padding:.3rem;max-width:100%}.error{color:#a00}.notice{background:#
 .testing{border:3px solid #ccc;border-top-color:#333;width:.6rem;height:.6rem;animation:spin 1s linear infinite}
 @keyframes spin{to{transform:rotate(360deg)}}code{word-break:break-all}
 button[role=switch][aria-checked=true]{background:#1a7f37;color:#fff}
-@media (max-width:40rem){thead{display:none}td{display:block;border:0;padding:.2rem}tr{display:block;border-bottom:1px solid #ccc;padding:.5rem 0}}
+@media (max-width:40rem){thead{display:none}td{display:block;border:0;padding:.2rem}tr{display:block;border-bottom:1px solid #ccc;padding:.5rem 0}td.progress:empty{display:none}}
 """
 
 
 def esc(value: Any) -> str:
     return html.escape(str(value if value is not None else ""), quote=True)
+
+
+def keep_parts_whole(text: str) -> str:
+    """"1,234 left · 350/s · 4 s left" wraps only between its parts in a narrow column."""
+    return " · ".join(part.replace(" ", "\u00a0") for part in text.split(" · "))
 
 
 def document(title: str, body: str, refresh: bool = False) -> str:
@@ -156,7 +161,7 @@ class Page:
                 f'<td class="description">{esc(c["description"])}</td><td>{esc(c["type"])}</td>'
                 f'<td>{address}</td><td class="last-message">{esc(c.get("last_message_at") or "never")}</td>'
                 f'<td class="archived-24h">{esc(str(c.get("archived_24h", 0)))}</td>'
-                f'<td class="progress">{esc(progress_text(c))}</td>'
+                f'<td class="progress">{esc(keep_parts_whole(progress_text(c)))}</td>'
                 f"<td>{switch}</td><td>{actions}</td></tr>")
 
     # --- add and edit ------------------------------------------------------------------
