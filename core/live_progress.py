@@ -109,11 +109,21 @@ def progress_text(fields: dict[str, Any]) -> str:
     remaining = fields.get("remaining")
     if remaining is None:
         return ""
-    rate = fields.get("rate")
-    rate_text = ABSENT if not rate else (f"{rate:,.0f}/s" if rate >= 10 else f"{rate:.1f}/s")
+    rate_text = rate_per_time(fields.get("rate"))
     seconds = fields.get("time_left")
     left_text = f"{duration_text(seconds)} left" if seconds else ABSENT
     return f"{remaining:,} left · {rate_text} · {left_text}"
+
+
+def rate_per_time(rate: float | None) -> str:
+    """350/s, 2.5/s, or per minute for a trickle (3/min, not 0.1/s)."""
+    if not rate:
+        return ABSENT
+    if rate >= 10:
+        return f"{rate:,.0f}/s"
+    if rate >= 1:
+        return f"{rate:.1f}/s"
+    return f"{rate * 60:.2g}/min"
 
 
 def duration_text(seconds: int) -> str:

@@ -28,7 +28,7 @@ LINK_BYTES_PER_SECOND = 128 * 1024
 WAIT = 240.0  # bounds only: a broken build fails instead of hanging
 PASSWORD = "correct horse battery"
 #: The page keeps each part whole (no-break spaces inside, "\s" matches them).
-PAGE_PROGRESS = re.compile(r'<td class="progress">([\d,]+)\sleft · ([\d.,]+)/s · (.+?)\sleft</td>')
+PAGE_PROGRESS = re.compile(r'<td class="progress">([\d,]+)\sleft · ([\d.,]+)/(?:s|min) · (.+?)\sleft</td>')
 
 
 def working(fields: dict[str, Any]) -> bool:

@@ -104,6 +104,7 @@ def test_text_for_people() -> None:
         "50,000 left · 20/s · 41 min 40 s left")
     assert progress_text({"remaining": 9000000, "rate": 1000.0, "time_left": 9000}) == (
         "9,000,000 left · 1,000/s · 2 h 30 min left")
+    assert progress_text({"remaining": 0, "rate": 0.05, "time_left": None}) == "0 left · 3/min · —"
     assert progress_text({"remaining": 0, "rate": None, "time_left": None}) == "0 left · — · —"
     assert progress_text({"remaining": None, "rate": None, "time_left": None}) == ""
 
