@@ -148,6 +148,9 @@ class LiveStatus:
         if self._store is store:
             return
         self.detach()
+        with self._lock:
+            for entry in self._progress.values():
+                entry.written = None  # a store that may not hold the figures yet
         self._store = store
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mailpipe-live-status", daemon=True)
