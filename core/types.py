@@ -317,6 +317,19 @@ class ValidationContext:
     connection_id: str | None = None
 
 
+class ProgressReport(Protocol):
+    """``report_progress(remaining=..., collected=...)``: ``remaining`` messages
+    are still at the source, not yet collected; ``collected`` were made
+    durable since the last report. Cheap (kept in memory, written about once
+    a second): call it per batch, never an extra round trip to the source."""
+
+    def __call__(self, *, remaining: int, collected: int = 0) -> None: ...
+
+
+def _no_progress(*, remaining: int, collected: int = 0) -> None:
+    """The default where nobody watches (a context built by hand, in a test)."""
+
+
 @dataclass
 class CollectContext:
     """Handed to a connection type's ``collect`` (and, per connection, to
@@ -324,7 +337,9 @@ class CollectContext:
 
     ``spool_bytes(data, metadata)`` and ``spool_file(path, metadata)`` return
     only after the message is durable; only then may the collector flag,
-    move or delete it at the source.
+    move or delete it at the source. ``report_progress`` tells the operator
+    how far a collector is through its source (messages left, the rate and
+    the time left are shown with the connection).
     """
 
     spool_bytes: Callable[[bytes, dict[str, Any]], Awaitable[str]]
@@ -333,6 +348,7 @@ class CollectContext:
     set_state: Callable[[str, Any], Awaitable[None]]
     find_connection: Callable[[str], Connection | None]
     log: Any
+    report_progress: ProgressReport = _no_progress
 
 
 @dataclass

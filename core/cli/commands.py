@@ -16,6 +16,7 @@ from mailpipe.connections.audit import Actor
 from mailpipe.cli.output import emit, fail, printable
 from mailpipe.cli.shared import open_runtime, run_async, settings_from
 from mailpipe.errors import MailpipeError
+from mailpipe.connections.live_progress import progress_text
 from mailpipe.connections.views import archive_summary as _summary
 from mailpipe.connections.views import connection_view as _public
 from mailpipe.connections.views import plugins_view, sinks_view, spool_view
@@ -204,6 +205,8 @@ def _describe(connection: dict[str, Any]) -> str:
     if "archived_24h" in connection:
         lines.append(f"last message: {connection.get('last_message_at') or 'never'}")
         lines.append(f"archived 24h: {connection['archived_24h']}")
+        if progress_text(connection):
+            lines.append(f"progress:    {progress_text(connection)}")
         if connection.get("last_error"):
             lines.append(f"last error:  {printable(connection['last_error'])}")
     for key, value in sorted(connection["settings"].items()):
@@ -239,6 +242,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{r['id']}  {r['type']:<14} {'enabled ' if r['enabled'] else 'disabled'}  "
             f"{r['status']:<8}  {r.get('last_message_at') or 'never':<24}  {r.get('archived_24h', 0):>6}  "
             f"{printable(r.get('address') or '')}  {printable(r['description'])}"
+            + (f"  ({progress_text(r)})" if progress_text(r) else "")
             for r in d["connections"]
         )
 

@@ -19,6 +19,12 @@ Status rules (why each source only takes back its own red):
 - a status ``testing`` (an operator's test running) is never overwritten,
   nor taken back a disk-full status (mailpipe.spool.disk_space takes it back);
 - these changes are logged, not audited: they are not an operator's change.
+
+Collectors also report their progress through a mailbox (messages left,
+collected): a ``RateWindow`` per connection (mailpipe.connections.live_progress) kept
+here, its figures written into ``live_progress`` in the same flush while
+there is something to say (a new report, or a rate still decaying), then
+no more until the next report.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from mailpipe.spool.disk_space import STATUS_PREFIX as DISK_FULL_PREFIX
 from mailpipe.common.timestamps import utc_now
+from mailpipe.connections.live_progress import RateWindow, progress_fields
 
 log = logging.getLogger("mailpipe.live")
 
@@ -52,6 +60,18 @@ class _Pending:
     status: tuple[Source, str | None] | None = None  # (source, error or None for ok)
 
 
+@dataclass
+class _Progress:
+    window: RateWindow
+    remaining: int = 0
+    #: (remaining, rate) as last written; None before the first write.
+    written: tuple[int, float | None] | None = None
+
+
+#: One ``live_progress`` row to write: connection, remaining, rate.
+ProgressRow = tuple[str, int, float | None]
+
+
 def hour_bucket(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
 
@@ -59,9 +79,11 @@ def hour_bucket(moment: datetime) -> str:
 class LiveStatus:
     """Per-process aggregator; no-op until ``attach`` gives it a store."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._pending: dict[str, _Pending] = {}
+        self._progress: dict[str, _Progress] = {}
         self._store: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,6 +114,33 @@ class LiveStatus:
             with self._lock:
                 self._pending.setdefault(connection_id, _Pending()).status = (source, None)
 
+    def progress(self, connection_id: str | None, remaining: int, collected: int = 0) -> None:
+        """A collector's report: ``remaining`` messages still on the server,
+        ``collected`` since its last report."""
+        if not connection_id or self._store is None:
+            return
+        with self._lock:
+            entry = self._progress.get(connection_id)
+            if entry is None:
+                entry = self._progress[connection_id] = _Progress(RateWindow(clock=self._clock))
+            entry.window.note(max(0, collected))
+            entry.remaining = max(0, remaining)
+
+    def _progress_rows(self) -> list[ProgressRow]:
+        """What to write this flush: figures that changed, and a rate while it
+        is present (rewritten every flush: it decays as the window slides, and
+        a reader takes a rate not rewritten lately for a stopped writer's)."""
+        rows = []
+        for connection_id, entry in self._progress.items():
+            rate = entry.window.rate()
+            if rate is not None or entry.written != (entry.remaining, rate):
+                rows.append((connection_id, entry.remaining, rate))
+        return rows
+
+    def _progress_written(self, rows: list[ProgressRow]) -> None:
+        for connection_id, remaining, rate in rows:
+            self._progress[connection_id].written = (remaining, rate)
+
     # --- flushing --------------------------------------------------------------------
 
     def attach(self, store: Any) -> None:
@@ -99,6 +148,9 @@ class LiveStatus:
         if self._store is store:
             return
         self.detach()
+        with self._lock:
+            for entry in self._progress.values():
+                entry.written = None  # a store that may not hold the figures yet
         self._store = store
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mailpipe-live-status", daemon=True)
@@ -121,18 +173,26 @@ class LiveStatus:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            progress = self._progress_rows()
         store = self._store
-        if not pending or store is None:
+        if not (pending or progress) or store is None:
             return
         changes: list[tuple[str, str, str]] = []
+
+        def write(db: sqlite3.Connection) -> bool:
+            _write_progress(db, progress)
+            return _write(db, pending, changes)
+
         try:
-            store.transaction(lambda db: _write(db, pending, changes))
+            store.transaction(write)
         except Exception as error:  # the store is busy or its disk full: try the notes again
             log.warning("could not record live status", extra={"error": str(error)})
             with self._lock:
                 for connection_id, note in pending.items():
                     _merge(self._pending.setdefault(connection_id, _Pending()), note)
             return
+        with self._lock:
+            self._progress_written(progress)
         for connection_id, status, error in changes:
             log_status = log.warning if status == "failed" else log.info
             log_status(
@@ -182,6 +242,17 @@ def _write(db: sqlite3.Connection, pending: dict[str, _Pending], changes: list[t
     return bool(changes)
 
 
+def _write_progress(db: sqlite3.Connection, rows: list[ProgressRow]) -> None:
+    now = utc_now()
+    for connection_id, remaining, rate in rows:
+        db.execute(
+            "INSERT INTO live_progress (connection_id, remaining, rate, measured_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (connection_id) DO UPDATE SET remaining = excluded.remaining,"
+            " rate = excluded.rate, measured_at = excluded.measured_at",
+            (connection_id, remaining, rate, now),
+        )
+
+
 def _apply_status(
     db: sqlite3.Connection, connection_id: str, source: Source, error: str | None, now: str
 ) -> tuple[str, str, str] | None:
@@ -210,7 +281,8 @@ def _apply_status(
 
 
 def live_fields(store: Any, connection_id: str) -> dict[str, Any]:
-    """``last_message_at``, ``archived_24h`` and ``last_error`` for one connection."""
+    """``last_message_at``, ``archived_24h``, ``last_error`` and the collector's
+    progress (``remaining``, ``rate``, ``time_left``) for one connection."""
     since = hour_bucket(datetime.now(timezone.utc) - timedelta(hours=23))
     try:
         rows = store.query("SELECT last_message_at, last_error FROM live WHERE connection_id = ?", (connection_id,))
@@ -218,13 +290,17 @@ def live_fields(store: Any, connection_id: str) -> dict[str, Any]:
             "SELECT COALESCE(SUM(count), 0) AS n FROM live_archived WHERE connection_id = ? AND hour >= ?",
             (connection_id, since),
         )
+        progress = store.query(
+            "SELECT remaining, rate, measured_at FROM live_progress WHERE connection_id = ?", (connection_id,)
+        )
     except sqlite3.OperationalError:  # an empty in-memory store (no state yet)
-        rows, counted = [], [{"n": 0}]
+        rows, counted, progress = [], [{"n": 0}], []
     found = rows[0] if rows else {}
     return {
         "last_message_at": found.get("last_message_at"),
         "archived_24h": int(counted[0]["n"]),
         "last_error": found.get("last_error") or "",
+        **progress_fields(progress[0] if progress else None),
     }
 
 

@@ -82,6 +82,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (connection_id, hour)
     )
     """,
+    # 4: a collector's progress through its mailbox (mailpipe.connections.live_status, mailpipe.connections.live_progress)
+    """
+    CREATE TABLE live_progress (
+        connection_id TEXT PRIMARY KEY,
+        remaining INTEGER NOT NULL,
+        rate DOUBLE PRECISION,
+        measured_at TEXT NOT NULL
+    )
+    """,
 )
 
 

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from mailpipe.errors import MailpipeError, NotFound, ValidationError
 from mailpipe.http.auth import CSRF_FIELD, Principal, authenticate, csrf_ok
+from mailpipe.connections.live_progress import progress_text
 from mailpipe.connections.secrets import MASK
 from mailpipe.types import ConnectionType, Setting
 from mailpipe.connections.views import connection_view
@@ -39,7 +40,7 @@ input,select{padding:.3rem;max-width:100%}.error{color:#a00}.notice{background:#
 .testing{border:3px solid #ccc;border-top-color:#333;width:.6rem;height:.6rem;animation:spin 1s linear infinite}
 @keyframes spin{to{transform:rotate(360deg)}}code{word-break:break-all}
 button[role=switch][aria-checked=true]{background:#1a7f37;color:#fff}
-@media (max-width:40rem){thead{display:none}td{display:block;border:0;padding:.2rem}tr{display:block;border-bottom:1px solid #ccc;padding:.5rem 0}}
+@media (max-width:40rem){thead{display:none}td{display:block;border:0;padding:.2rem}tr{display:block;border-bottom:1px solid #ccc;padding:.5rem 0}td.progress:empty{display:none}}
 """
 
 
@@ -63,6 +64,11 @@ SHOW_APPLICABLE_SCRIPT = """<script>
 
 def esc(value: Any) -> str:
     return html.escape(str(value if value is not None else ""), quote=True)
+
+
+def keep_parts_whole(text: str) -> str:
+    """"1,234 left · 350/s · 4 s left" wraps only between its parts in a narrow column."""
+    return " · ".join(part.replace(" ", "\u00a0") for part in text.split(" · "))
 
 
 def document(title: str, body: str, refresh: bool = False) -> str:
@@ -138,14 +144,16 @@ class Page:
         if who.account.admin:
             body.append('<p><a href="/connections/new">Add connection</a></p>')
         body.append("<table><thead><tr><th>Status</th><th>Description</th><th>Type</th><th>Address</th>"
-                    "<th>Last message</th><th>Archived 24 h</th><th>Enabled</th><th>Actions</th></tr></thead><tbody>")
+                    "<th>Last message</th><th>Archived 24 h</th><th>Left on server</th><th>Enabled</th>"
+                    "<th>Actions</th></tr></thead><tbody>")
         for row in rows:
             body.append(self.row(who, row))
         body.append("</tbody></table>")
         if not rows:
             body.append("<p>No connections yet.</p>")
-        testing = any(r["status"] == "testing" for r in rows)
-        return HTMLResponse(document("Connections", "".join(body), refresh=testing))
+        # Refreshed while a test runs or a collector works through a mailbox (it has a time left).
+        busy = any(r["status"] == "testing" or r.get("time_left") for r in rows)
+        return HTMLResponse(document("Connections", "".join(body), refresh=busy))
 
     def row(self, who: Principal, c: dict[str, Any]) -> str:
         status, error = c["status"], c.get("status_error") or ""
@@ -171,6 +179,7 @@ class Page:
                 f'<td class="description">{esc(c["description"])}</td><td>{esc(c["type"])}</td>'
                 f'<td>{address}</td><td class="last-message">{esc(c.get("last_message_at") or "never")}</td>'
                 f'<td class="archived-24h">{esc(str(c.get("archived_24h", 0)))}</td>'
+                f'<td class="progress">{esc(keep_parts_whole(progress_text(c)))}</td>'
                 f"<td>{switch}</td><td>{actions}</td></tr>")
 
     # --- add and edit ------------------------------------------------------------------

@@ -75,4 +75,5 @@ def collect_context(
         set_state=set_state,
         find_connection=lambda cid: directory.by_id.get(cid),
         log=logging.LoggerAdapter(log, {"connection": connection.id}),
+        report_progress=lambda *, remaining, collected=0: LIVE.progress(connection.id, remaining, collected),
     )

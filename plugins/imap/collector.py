@@ -38,6 +38,7 @@ is tried again every ``STORAGE_RETRY_SECONDS``.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -139,6 +140,7 @@ class Collector:
         self._delay = RECONNECT_SECONDS[0]
         self._spool_slots = anyio.Semaphore(SPOOL_CONCURRENCY)
         self._signed_in = False  # this session got past LOGIN and SELECT
+        self._pass_uids: list[int] = []  # what this pass found, for the messages-left figure
 
     # --- the outer loop: sessions, reconnects ----------------------------------
 
@@ -243,6 +245,8 @@ class Collector:
     async def collect_new(self, session: ImapSession, checkpoint: Checkpoint) -> int:
         """Fetch, spool, checkpoint and act on every message above the checkpoint."""
         uids = await session.search_uids(checkpoint.last_uid + 1)
+        self._pass_uids = uids
+        self.context.report_progress(remaining=len(uids))
         if not uids:
             return 0
         acknowledged: list[int] = []
@@ -273,6 +277,7 @@ class Collector:
                         await send.send(work)
                         await self._act_when_due(session, acknowledged, ACTION_BATCH)
         await self._act_when_due(session, acknowledged, 1)
+        self.context.report_progress(remaining=0)  # every message found is spooled (or was expunged meanwhile)
         log.info("collected messages", extra={**self.extra, "count": collected, "last_uid": checkpoint.last_uid})
         return collected
 
@@ -320,6 +325,8 @@ class Collector:
                     work.messages.clear()  # let the bodies go
                 checkpoint.last_uid = max(checkpoint.last_uid, highest)
                 await self.context.set_state(CHECKPOINT_KEY, checkpoint.to_json())
+                left = len(self._pass_uids) - bisect_right(self._pass_uids, checkpoint.last_uid)
+                self.context.report_progress(remaining=left, collected=len(uids))
                 acknowledged.extend(uids)
 
     async def _deliver_limited(self, message: FetchedMessage) -> None:

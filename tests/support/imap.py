@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import socket
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -69,6 +70,33 @@ def bulk_append(dovecot: Dovecot, user: str, messages: Iterable[bytes], mailbox:
         for message in messages:
             typ, data = client.append(f'"{mailbox}"', None, None, message)
             assert typ == "OK", (typ, data)
+
+
+def multi_append(dovecot: Dovecot, user: str, messages: list[bytes], per_command: int = 500) -> None:
+    """APPEND many messages to INBOX in few commands (MULTIAPPEND, RFC 3502, with
+    LITERAL+ literals): one round trip and one save transaction per
+    ``per_command`` messages, where ``bulk_append`` (imaplib) waits for the
+    server once per message — thousands of messages in seconds, not minutes,
+    on a loaded machine."""
+    with socket.create_connection((dovecot.host, dovecot.imaps_port), timeout=120) as raw, \
+            dovecot.ssl_context().wrap_socket(raw, server_hostname=dovecot.host) as tls:
+        replies = tls.makefile("rb")
+        replies.readline()  # the greeting
+
+        def command(tag: bytes, parts: list[bytes]) -> None:
+            tls.sendall(b"".join(parts))
+            while (line := replies.readline()) and not line.startswith(tag + b" "):
+                pass
+            assert line.split(b" ")[1:2] == [b"OK"], line
+
+        command(b"a0", [b'a0 LOGIN "%s" "%s"\r\n' % (user.encode(), dovecot.password(user).encode())])
+        for number, start in enumerate(range(0, len(messages), per_command), start=1):
+            tag = b"a%d" % number
+            parts = [tag + b" APPEND INBOX"]
+            for message in messages[start : start + per_command]:
+                parts += [b" {%d+}\r\n" % len(message), message]
+            command(tag, parts + [b"\r\n"])
+        command(b"z", [b"z LOGOUT\r\n"])
 
 
 def sha256(data: bytes) -> str:
