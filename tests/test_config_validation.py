@@ -228,6 +228,14 @@ def test_s3_credentials_are_refused_without_printing_them(tmp_path: Path) -> Non
         assert secret not in result.stdout + result.stderr
 
 
+def test_load_balancer_addresses_are_shown_normalised(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace(
+        "[smtp]\n", '[smtp]\nproxy_protocol_from = ["10.0.0.5/32", " 10.0.1.7/24", "2001:db8::1"]\n'))
+    effective = cli(config, "config", "check", check=True).json["effective"]["smtp"]
+    assert effective["proxy_protocol_from"] == ["10.0.0.5", "10.0.1.0/24", "2001:db8::1"]
+
+
 def test_effective_sink_masks_secrets() -> None:
     """A third-party sink type with a secret setting: masked by its declared kind,
     by a credential-like key name, and as the password inside a URL."""

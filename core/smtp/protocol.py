@@ -129,6 +129,7 @@ class MailpipeSMTP(SMTPBase):
         self._awaiting_proxy_header = False
         self._client_closed = False
         self._bytes_received = 0
+        self._header_deadline = 0.0
 
     # --- session plumbing ---------------------------------------------------
 
@@ -157,6 +158,7 @@ class MailpipeSMTP(SMTPBase):
             self._counted_ip = client_ip
             if self._awaiting_proxy_header:
                 self.expect_proxy_header(PROXY_HEADER_TIMEOUT)
+                self._header_deadline = self.loop.time() + PROXY_HEADER_TIMEOUT
         super().connection_made(transport)
         self.context.sessions.add(self)
 
@@ -201,6 +203,11 @@ class MailpipeSMTP(SMTPBase):
             return
         elif self._client_closed:
             kind, cause = "cut", "it closed the connection before its PROXY header was complete"
+        elif self.loop.time() < self._header_deadline:
+            # Closed on this side before the timeout: the listener is stopping.
+            log.debug("a load balancer's connection was closed before its PROXY header arrived",
+                      extra={"peer_ip": self.peer_ip})
+            return
         else:
             kind, cause = "timeout", f"it sent no complete PROXY header within {PROXY_HEADER_TIMEOUT:g} seconds"
         self.context.limits.conditions.warn(
