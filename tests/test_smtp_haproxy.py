@@ -28,6 +28,7 @@ import pytest
 
 from helpers import ServerProcess, archived_files, child_pids, free_port, wait_until
 from peers.haproxy import HAProxy
+from peers.require import peer_missing
 from smtp_helpers import SmtpSetup, arrival, make_setup, pending_count, queue_id_of, send, wait_for_arrival
 
 SENDER = "journal@contoso.com"
@@ -67,7 +68,7 @@ def test_the_client_behind_haproxy_is_what_allow_lists_and_the_archive_see(node:
 
 def test_swaks_through_haproxy(node: SmtpSetup, haproxy) -> None:
     if shutil.which("swaks") is None:
-        pytest.fail("swaks is not installed (apt-get install swaks)")
+        peer_missing("swaks is not installed (apt-get install swaks)")
     balancer = haproxy([("127.0.0.1", node.port)]).start()
 
     def swaks(to: str) -> subprocess.CompletedProcess[str]:
