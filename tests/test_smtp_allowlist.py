@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import socket
 import smtplib
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers import cli, wait_until
-from smtp_helpers import SmtpSetup, arrival, make_setup, queue_id_of, send, wait_for_arrival
+from smtp_helpers import (
+    ProxiedSMTP, SmtpSetup, arrival, make_setup, proxy_v1, proxy_v2, queue_id_of, send, wait_for_arrival,
+)
 
 SENDER = "journal@contoso.com"
 MESSAGE = b"Subject: exchange journal\r\n\r\nbody\r\n"
@@ -89,28 +90,6 @@ def test_ipv6_loopback(exchange: SmtpSetup) -> None:
 
 BALANCER = "127.0.0.1"  # listed in proxy_protocol_from
 STRANGER = "127.0.0.3"  # not listed
-
-
-class ProxiedSMTP(smtplib.SMTP):
-    """smtplib behind a load balancer: the PROXY header goes first."""
-
-    def __init__(self, header: bytes, host: str, port: int, source: str | None = None) -> None:
-        self.proxy_header = header
-        super().__init__(host, port, timeout=60, source_address=(source, 0) if source else None)
-
-    def _get_socket(self, host, port, timeout):  # type: ignore[no-untyped-def]
-        sock = super()._get_socket(host, port, timeout)
-        sock.sendall(self.proxy_header)
-        return sock
-
-
-def proxy_v1(source: str) -> bytes:
-    return f"PROXY TCP4 {source} 192.0.2.1 40000 25\r\n".encode()
-
-
-def proxy_v2(source: str) -> bytes:
-    addresses = socket.inet_aton(source) + socket.inet_aton("192.0.2.1") + struct.pack("!HH", 40001, 25)
-    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
 @pytest.fixture(scope="module")

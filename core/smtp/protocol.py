@@ -159,7 +159,12 @@ class MailpipeSMTP(SMTPBase):
             if self._awaiting_proxy_header:
                 self.expect_proxy_header(PROXY_HEADER_TIMEOUT)
                 self._header_deadline = self.loop.time() + PROXY_HEADER_TIMEOUT
+        # STARTTLS calls this again and aiosmtpd starts a new session: the
+        # client behind the balancer is still the same one.
+        proxied_ip = self.session.proxied_ip if self.session is not None else None
         super().connection_made(transport)
+        if self.session is not None:
+            self.session.proxied_ip = proxied_ip
         self.context.sessions.add(self)
 
     def proxy_header_read(self) -> bool:
