@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, Va
 from pydantic import model_validator
 
 from mailpipe.errors import ConfigError
+from mailpipe.common.networks import balancer_entries
 from mailpipe.common.timestamps import duration_seconds
 
 DEFAULT_CONFIG_TEXT = """\
@@ -92,6 +93,7 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 DomainName = Annotated[str, BeforeValidator(_domain_name)]
 NameList = Annotated[tuple[Name, ...], BeforeValidator(_list_as_tuple)]
 DomainList = Annotated[tuple[DomainName, ...], BeforeValidator(_list_as_tuple)]
+BalancerList = Annotated[tuple[str, ...], BeforeValidator(balancer_entries)]
 
 
 class _Section(BaseModel):
@@ -128,7 +130,11 @@ class SmtpConfig(_Section):
     disabled_reply: Literal["tempfail", "reject"] = Field(
         "tempfail", description="'tempfail' (451, the default) or 'reject' (550)"
     )
-    proxy_protocol: bool = Field(False, description="true or false (without quotes)")
+    # Load balancers whose PROXY protocol header is trusted (mailpipe.common.networks);
+    # empty: no header is ever read.
+    proxy_protocol_from: BalancerList = Field(
+        (), description='a list of load-balancer IP addresses or CIDR ranges, e.g. ["10.0.0.5", "10.0.1.0/24"]'
+    )
     tls_cert: str | None = Field(None, description="the path of a PEM certificate chain, as a string")
     tls_key: str | None = Field(None, description="the path of a PEM private key, as a string")
     require_tls: bool = Field(False, description="true or false (without quotes)")
@@ -144,6 +150,17 @@ class SmtpConfig(_Section):
     )
     bare_lf: Literal["accept", "reject"] = Field("accept", description="'accept' or 'reject'")
     hostname: str = Field("", description="empty (this machine's name) or " + DOMAIN_RULE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_proxy_protocol(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "proxy_protocol" in data:
+            raise ValueError(
+                "proxy_protocol was replaced by proxy_protocol_from, which trusts a PROXY header only from "
+                'the load balancers listed: write proxy_protocol_from = ["<your balancer\'s address>"] '
+                "(or remove the line when no load balancer is in front)"
+            )
+        return data
 
     @field_validator("listen", mode="before")
     @classmethod

@@ -303,8 +303,9 @@ class Envelope:
 
     @property
     def client_ip(self) -> str:
-        """The address that counts for allow-lists: the PROXY protocol's
-        source when the operator enabled it, else the TCP peer."""
+        """The address that counts for allow-lists: the client address in
+        the PROXY header when the peer is a load balancer listed in ``[smtp]
+        proxy_protocol_from``, else the TCP peer."""
         return self.proxied_ip or self.peer_ip
 
 

@@ -1,8 +1,9 @@
 """smtp_exchange: a local Exchange journals to a unique address.
 
 Settings: ``sender_servers`` — one or more IPv4/IPv6 addresses or CIDR
-ranges. Mail is accepted only from those servers (or, with ``[smtp]
-proxy_protocol = true``, from those proxied source addresses).
+ranges. Mail is accepted only from those servers (behind a load balancer
+listed in ``[smtp] proxy_protocol_from``: the client address in its PROXY
+header).
 
 A very wide range (``0.0.0.0/0``, ``::/0``, anything wider than an IPv4 /8
 or an IPv6 /32) is accepted, since a lab may want it, but never silently:
@@ -19,6 +20,7 @@ from typing import Any
 
 from mailpipe import hookimpl
 from mailpipe.plugins.smtp_common import disabled_decision
+from mailpipe.common.networks import in_networks
 from mailpipe.types import Connection, ConnectionType, Decision, Envelope, Setting, TestResult, ValidationContext
 
 TYPE = "smtp_exchange"
@@ -109,13 +111,7 @@ def allowed(client_ip: str, sender_servers: list[str]) -> bool:
         networks = _cache[key] = parse_networks(list(sender_servers))[0]
         for warning in wide_range_warnings(networks):
             log.warning(warning)
-    try:
-        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address.version == n.version and address in n for n in networks)
+    return in_networks(client_ip, networks)
 
 
 def accept(connection: Connection, envelope: Envelope) -> Decision:

@@ -51,7 +51,17 @@ BAD_VALUES = {
     "concurrency-zero": add("pipeline", "concurrency = 0", "[pipeline] concurrency", "not 0", "from 1 to"),
     "max_message_size-word": add("smtp", 'max_message_size = "big"', "[smtp] max_message_size", '"big"', "150MiB"),
     "max_message_size-tiny": add("smtp", "max_message_size = 10", "[smtp] max_message_size", "not 10", "1 KiB"),
-    "proxy_protocol-string": add("smtp", 'proxy_protocol = "yes"', "[smtp] proxy_protocol", '"yes"', "true or false"),
+    "proxy_protocol_from-string": add(
+        "smtp", 'proxy_protocol_from = "10.0.0.5"', "[smtp] proxy_protocol_from", '"10.0.0.5"', "a list"
+    ),
+    "proxy_protocol_from-not-an-address": add(
+        "smtp", 'proxy_protocol_from = ["10.0.0.300", "10.0.1.0/24"]', "[smtp] proxy_protocol_from",
+        "'10.0.0.300' is not an IP address or CIDR range",
+    ),
+    "proxy_protocol-retired": add(
+        "smtp", "proxy_protocol = true", "[smtp] proxy_protocol was replaced by proxy_protocol_from",
+        "proxy_protocol_from = [",
+    ),
     "accepted_domains-string": add(
         "smtp", 'accepted_domains = "example.com"', "[smtp] accepted_domains", '"example.com"', "a list"
     ),
@@ -63,7 +73,7 @@ BAD_VALUES = {
     "unknown-server-key": add(
         "server", 'dat_dir = "x"', "unknown key [server] dat_dir", "did you mean data_dir?"
     ),
-    "unknown-smtp-key": add("smtp", "proxy_protocl = true", "unknown key [smtp] proxy_protocl", "proxy_protocol?"),
+    "unknown-smtp-key": add("smtp", "proxy_protocl = true", "unknown key [smtp] proxy_protocl", "proxy_protocol_from?"),
     "unknown-pipeline-key": add("pipeline", "max_attempt = 3", "[pipeline] max_attempt", "did you mean max_attempts?"),
     "unknown-plugins-key": add("plugins", 'alow = ["imap"]', "[plugins] alow", "did you mean allow?"),
     "unknown-section": Bad("[pipeline]\n", "[pipelin]\n", ("unknown section [pipelin]", "did you mean pipeline?")),
@@ -183,7 +193,7 @@ def test_good_config_check_shows_effective_values_and_creates_nothing(tmp_path: 
     assert data["effective"]["server"] == {"data_dir": str(tmp_path / "data"), "data_dir_exists": False, "log_level": "INFO"}
     assert data["effective"]["smtp"]["max_message_size"] == 150 * 1024 * 1024
     assert data["effective"]["smtp"]["accepted_domains"] == ["contoso.com"]
-    assert data["effective"]["smtp"]["proxy_protocol"] is False  # a default, filled in
+    assert data["effective"]["smtp"]["proxy_protocol_from"] == []  # a default, filled in
     assert data["effective"]["pipeline"]["max_attempts"] == 8 and data["effective"]["pipeline"]["backoff_initial"] == 0.05
     assert data["effective"]["sinks"] == [
         {
@@ -216,6 +226,14 @@ def test_s3_credentials_are_refused_without_printing_them(tmp_path: Path) -> Non
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert "credentials do not belong in the config file" in result.stderr
         assert secret not in result.stdout + result.stderr
+
+
+def test_load_balancer_addresses_are_shown_normalised(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace(
+        "[smtp]\n", '[smtp]\nproxy_protocol_from = ["10.0.0.5/32", " 10.0.1.7/24", "2001:db8::1"]\n'))
+    effective = cli(config, "config", "check", check=True).json["effective"]["smtp"]
+    assert effective["proxy_protocol_from"] == ["10.0.0.5", "10.0.1.0/24", "2001:db8::1"]
 
 
 def test_effective_sink_masks_secrets() -> None:

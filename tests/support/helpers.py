@@ -176,6 +176,14 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, me
     raise AssertionError(message or f"condition not met within {timeout} s")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (a server's pipeline process, SMTP workers)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 def archived_files(archive: Path) -> list[Path]:
     return sorted(p for p in archive.glob("*/??/*.eml"))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import smtplib
+import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,30 @@ def send(
     client.send(dot_stuff(data) + b".\r\n")
     code, text = client.getreply()
     return code, text.decode(), replies
+
+
+# --- a client behind a load balancer, by hand (tests/peers/haproxy.py has the real one) ---
+
+class ProxiedSMTP(smtplib.SMTP):
+    """smtplib behind a load balancer: the PROXY header goes first, before the greeting is read."""
+
+    def __init__(self, header: bytes, host: str, port: int, source: str | None = None) -> None:
+        self.proxy_header = header
+        super().__init__(host, port, timeout=60, source_address=(source, 0) if source else None)
+
+    def _get_socket(self, host, port, timeout):  # type: ignore[no-untyped-def]
+        sock = super()._get_socket(host, port, timeout)
+        sock.sendall(self.proxy_header)
+        return sock
+
+
+def proxy_v1(source: str) -> bytes:
+    return f"PROXY TCP4 {source} 192.0.2.1 40000 25\r\n".encode()
+
+
+def proxy_v2(source: str) -> bytes:
+    addresses = socket.inet_aton(source) + socket.inet_aton("192.0.2.1") + struct.pack("!HH", 40001, 25)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
 def dot_stuff(data: bytes) -> bytes:

@@ -35,6 +35,14 @@ Why each one:
   session mailpipe's fields (the PROXY source, the routed recipients).
 - ``command_size_limits``: aiosmtpd keeps this table on the class, shared
   by every session, and grows it on every EHLO; each session gets its own.
+- ``_proxy_timeout``: aiosmtpd reads a PROXY header (with its own v1/v2
+  parser) on every connection of a server made with
+  ``proxy_protocol_timeout``, whoever the peer is. mailpipe must read one
+  only from the listed load balancers (``[smtp] proxy_protocol_from``), and
+  the peer is known only once the connection is made, so the setting is
+  switched on per connection, before aiosmtpd's client handler starts.
+  ``Session.proxy_data`` then holds the parsed header, or the parser's
+  reason for refusing it.
 """
 
 from __future__ import annotations
@@ -68,6 +76,11 @@ class SMTPBase(SMTP):
 
     def _create_envelope(self) -> Envelope:
         return self.create_transaction()
+
+    def expect_proxy_header(self, timeout: float) -> None:
+        """This connection must start with a PROXY header, within ``timeout``
+        seconds; call before ``connection_made`` hands over to aiosmtpd."""
+        self._proxy_timeout = timeout
 
     @property
     def command_reader(self) -> asyncio.StreamReader:
@@ -122,6 +135,8 @@ RELIES_ON: tuple[Reliance, ...] = (
     Reliance(SMTP, "_create_envelope", "the envelope factory aiosmtpd calls per transaction",
              ("self",), override=SMTPBase),
     Reliance(SMTP, "_reader", "the command stream, from which DATA is streamed", set_in="_cb_client_connected"),
+    Reliance(SMTP, "_proxy_timeout", "read before the greeting: wait for a PROXY header", set_in="__init__"),
+    Reliance(Session, "proxy_data", "the parsed PROXY header, or the parser's error", set_in="__init__"),
     Reliance(SMTP, "_tls_protocol", "set once STARTTLS succeeded", set_in="__init__"),
     Reliance(SMTP, "_set_rset_state", "resets the transaction (EHLO)", ("self",)),
     Reliance(SMTP, "_set_post_data_state", "starts a new transaction after DATA", ("self",)),

@@ -14,7 +14,9 @@ files, or fill the disk with log lines. Three defences:
   traceback per connection.
 
 Counting is per process: with ``serve --workers N`` each worker enforces
-the limits on the connections the kernel gives it.
+the limits on the connections the kernel gives it. Behind a load balancer
+(``[smtp] proxy_protocol_from``) the per-client count is by the client
+address in the PROXY header, not by the balancer's.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ class ConnectionLimits:
         self.open = 0
         self.by_client: Counter[str] = Counter()
 
-    def admit(self, client_ip: str) -> str | None:
-        """Count a new connection; the refusal text when it is over a limit."""
+    def admit(self, client_ip: str | None) -> str | None:
+        """Count a new connection; the refusal text when it is over a limit.
+
+        ``client_ip`` None: a load balancer's connection whose client is known
+        only once its PROXY header is read; only the total applies until
+        :meth:`identify` names the client."""
         if self.total and self.open >= self.total:
             self.conditions.warn(
                 "smtp_total_connections",
@@ -54,6 +60,24 @@ class ConnectionLimits:
                 limit=self.total, peer_ip=client_ip,
             )
             return f"too many connections ({self.total}); try again later"
+        if client_ip is not None:
+            refusal = self._client_refusal(client_ip)
+            if refusal is not None:
+                return refusal
+            self.by_client[client_ip] += 1
+        self.open += 1
+        return None
+
+    def identify(self, client_ip: str) -> str | None:
+        """A connection admitted without its client now names it: count it
+        under that client; the refusal text when the client is over its limit
+        (the connection then stays counted in the total until released)."""
+        refusal = self._client_refusal(client_ip)
+        if refusal is None:
+            self.by_client[client_ip] += 1
+        return refusal
+
+    def _client_refusal(self, client_ip: str) -> str | None:
         if self.per_client and self.by_client[client_ip] >= self.per_client:
             self.conditions.warn(
                 f"smtp_client_connections:{client_ip}",
@@ -62,12 +86,13 @@ class ConnectionLimits:
                 limit=self.per_client, peer_ip=client_ip,
             )
             return f"too many connections from {client_ip} ({self.per_client}); try again later"
-        self.open += 1
-        self.by_client[client_ip] += 1
         return None
 
-    def release(self, client_ip: str) -> None:
+    def release(self, client_ip: str | None) -> None:
+        """A connection closed; ``client_ip`` as counted (None if it never was)."""
         self.open -= 1
+        if client_ip is None:
+            return
         self.by_client[client_ip] -= 1
         if self.by_client[client_ip] <= 0:
             del self.by_client[client_ip]

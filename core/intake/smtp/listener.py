@@ -38,6 +38,7 @@ from mailpipe.intake.smtp.limits import (
     total_limit,
 )
 from mailpipe.intake.smtp.protocol import ListenerContext, MailpipeSMTP
+from mailpipe.common.networks import TrustedBalancers
 from mailpipe.intake.smtp.routing import Directory, Router
 
 if TYPE_CHECKING:
@@ -60,10 +61,11 @@ async def serve_smtp(
     addresses = parse_listen(settings.listen)
     open_files = raise_open_files_limit()
     conditions = ConditionLog(log)
-    # Behind a PROXY-protocol balancer every TCP peer is the balancer: a
-    # per-client count would count the balancer, so only the total applies.
-    per_client = 0 if settings.proxy_protocol else settings.max_connections_per_client
-    limits = ConnectionLimits(total_limit(settings.max_connections, open_files), per_client, conditions)
+    # Behind a listed load balancer the per-client count is by the client
+    # in its PROXY header (protocol.py), so it applies there too.
+    limits = ConnectionLimits(
+        total_limit(settings.max_connections, open_files), settings.max_connections_per_client, conditions
+    )
     context = ListenerContext(
         settings=settings,
         router=Router(directory, host, settings),
@@ -71,6 +73,7 @@ async def serve_smtp(
         hostname=settings.hostname or socket.getfqdn(),
         tls_context=build_tls_context(settings),
         limits=limits,
+        balancers=TrustedBalancers(settings.proxy_protocol_from),
     )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
@@ -85,7 +88,7 @@ async def serve_smtp(
                 "listen": [str(a) for a in addresses],
                 "tls": context.tls_context is not None,
                 "require_tls": settings.require_tls,
-                "proxy_protocol": settings.proxy_protocol,
+                "proxy_protocol_from": list(settings.proxy_protocol_from),
                 "max_message_size": settings.max_message_size,
                 "open_files_limit": open_files,
                 "max_connections": limits.total,

@@ -1,7 +1,7 @@
 """mailpipe's SMTP session: aiosmtpd's protocol with streamed DATA and routing.
 
 aiosmtpd supplies the connection handling, HELO, STARTTLS, the PROXY
-protocol, RSET/NOOP/QUIT/HELP and the timeouts. mailpipe replaces:
+protocol parser, RSET/NOOP/QUIT/HELP and the timeouts. mailpipe replaces:
 
 - ``EHLO``: advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING,
   ENHANCEDSTATUSCODES and STARTTLS (no AUTH: journaling servers are told
@@ -10,7 +10,12 @@ protocol, RSET/NOOP/QUIT/HELP and the timeouts. mailpipe replaces:
   (``552 5.3.4``) and ``BODY=7BIT|8BITMIME``;
 - ``RCPT``: routes each recipient to a connection (see routing.py);
 - ``DATA``: streams the message into one spool file per connection,
-  replies ``250`` with the queue id only after the spool fsynced it.
+  replies ``250`` with the queue id only after the spool fsynced it;
+- the PROXY header: read only from the load balancers in ``[smtp]
+  proxy_protocol_from`` (proxy.py); its client address then stands for the
+  balancer's everywhere (limits, allow-lists, logs, the message's ``smtp``
+  facts), and a listed balancer's connection without a valid header is
+  dropped with a log line saying why.
 
 What of aiosmtpd's private state these need (the command stream, the
 transaction resets, the idle timer, the address parser) is reached
@@ -33,6 +38,7 @@ from mailpipe.spool.group_commit import GroupCommitter
 from mailpipe.intake.smtp.aiosmtpd_compat import SMTPBase
 from mailpipe.intake.smtp.data import PIECE_LIMIT, read_data
 from mailpipe.intake.smtp.limits import ConnectionLimits
+from mailpipe.common.networks import PROXY_HEADER_TIMEOUT, TrustedBalancers, proxied_source
 from mailpipe.connections.metrics import METRICS
 from mailpipe.intake.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
 from mailpipe.intake.smtp.routing import Router
@@ -42,9 +48,6 @@ log = logging.getLogger("mailpipe.smtp")
 
 #: More recipients than this in one transaction get ``452 4.5.3`` (RFC 5321 4.5.3.1.8: at least 100).
 MAX_RECIPIENTS = 1000
-#: Seconds to wait for the PROXY header when the PROXY protocol is on.
-PROXY_HEADER_TIMEOUT = 10.0
-
 # <local@domain> followed by parameters; anything unusual (source routes,
 # quoted local parts) goes to aiosmtpd's full RFC 5321 parser instead.
 _SIMPLE_PATH = re.compile(r'<([^<>\s"\\(),:;@]*@[^<>\s"\\(),:;@\[\]]+|)>(.*)$', re.DOTALL)
@@ -61,9 +64,11 @@ class ListenerContext:
     tls_context: ssl.SSLContext | None = None
     sessions: set["MailpipeSMTP"] = field(default_factory=set)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    balancers: TrustedBalancers = field(default_factory=lambda: TrustedBalancers(()))
 
 
 class MailpipeSession(Session):
+    #: the client address from a trusted PROXY header; None when there was none
     proxied_ip: str | None = None
 
 
@@ -76,19 +81,19 @@ class Transaction(AiosmtpdEnvelope):
 
 
 class ProxyHandler:
-    """aiosmtpd calls ``handle_PROXY`` with the parsed PROXY header (v1 or v2).
+    """aiosmtpd calls ``handle_PROXY`` with a valid PROXY header (v1 or v2),
+    only on connections from a listed load balancer (see MailpipeSMTP).
 
-    The proxied source becomes ``Envelope.proxied_ip`` (what allow-lists
-    check). A header without a source address (``PROXY UNKNOWN``, v2
-    ``LOCAL`` health checks) keeps the TCP peer; a malformed header closes
-    the connection without a greeting.
+    The proxied source becomes the session's client: ``Envelope.proxied_ip``
+    (what allow-lists check), the per-client connection count, the logs and
+    the message's ``smtp.peer_ip``. A header without a source address
+    (``PROXY UNKNOWN``, v2 ``LOCAL`` health checks) keeps the TCP peer.
+    Returning False closes the connection without a greeting.
     """
 
     async def handle_PROXY(self, server: "MailpipeSMTP", session: MailpipeSession, envelope: Any, proxy_data: Any) -> bool:
-        source = getattr(proxy_data, "src_addr", None)
-        if source is not None and not isinstance(source, (str, bytes)):
-            session.proxied_ip = str(source)
-        return True
+        session.proxied_ip = proxied_source(proxy_data)
+        return server.proxy_header_read()
 
 
 class MailpipeSMTP(SMTPBase):
@@ -110,15 +115,21 @@ class MailpipeSMTP(SMTPBase):
             # An inactivity timeout (RFC 5321 4.5.3.2: at least 5 minutes),
             # re-armed by every command and by every chunk received in DATA.
             timeout=settings.idle_timeout,
-            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if settings.proxy_protocol else None,
+            # Set per connection, for listed load balancers only (connection_made).
+            proxy_protocol_timeout=None,
         )
         self.context = context
         # Room for SIZE/BODY/SMTPUTF8 parameters (a per-session table: see aiosmtpd_compat).
         self.command_size_limits.update({"MAIL": 1024, "RCPT": 1024})
         self.envelope: Transaction | None = None
-        self._counted_ip: str | None = None  # admitted under the connection limits
+        self._admitted = False  # counted under the connection limits
+        self._counted_ip: str | None = None  # the client it is counted under
         self._refused = False
         self._receiving_data = False
+        self._awaiting_proxy_header = False
+        self._client_closed = False
+        self._bytes_received = 0
+        self._header_deadline = 0.0
 
     # --- session plumbing ---------------------------------------------------
 
@@ -129,9 +140,13 @@ class MailpipeSMTP(SMTPBase):
         return Transaction()
 
     def connection_made(self, transport: Any) -> None:
-        if self._counted_ip is None:  # not the second call STARTTLS makes
+        if not self._admitted:  # not the second call STARTTLS makes
             peer = transport.get_extra_info("peername")
-            client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            # A balancer's client is known only from its header: until then
+            # only the total limit applies (ProxyHandler counts the client).
+            self._awaiting_proxy_header = self.context.balancers.sends_header(peer_ip)
+            client_ip = None if self._awaiting_proxy_header else peer_ip
             refusal = self.context.limits.admit(client_ip)
             if refusal is not None:
                 # Before any session exists: nothing to clean up but the socket.
@@ -139,19 +154,77 @@ class MailpipeSMTP(SMTPBase):
                 transport.write(f"421 4.7.0 {self.context.hostname} {refusal}\r\n".encode())
                 transport.close()
                 return
+            self._admitted = True
             self._counted_ip = client_ip
+            if self._awaiting_proxy_header:
+                self.expect_proxy_header(PROXY_HEADER_TIMEOUT)
+                self._header_deadline = self.loop.time() + PROXY_HEADER_TIMEOUT
+        # STARTTLS calls this again and aiosmtpd starts a new session: the
+        # client behind the balancer is still the same one.
+        proxied_ip = self.session.proxied_ip if self.session is not None else None
         super().connection_made(transport)
+        if self.session is not None:
+            self.session.proxied_ip = proxied_ip
         self.context.sessions.add(self)
+
+    def proxy_header_read(self) -> bool:
+        """A listed balancer's header was valid: count the connection under its
+        client; False (a 421 written) when that client is over its limit."""
+        self._awaiting_proxy_header = False
+        client_ip = self.client_ip
+        refusal = self.context.limits.identify(client_ip)
+        if refusal is not None:
+            assert self.transport is not None
+            self.transport.write(f"421 4.7.0 {self.context.hostname} {refusal}\r\n".encode())
+            return False
+        self._counted_ip = client_ip
+        return True
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
-        if self._counted_ip is not None and self in self.context.sessions:
+        if self._awaiting_proxy_header:
+            self._log_missing_proxy_header()
+        if self._admitted and self in self.context.sessions:
             self.context.limits.release(self._counted_ip)
         self.context.sessions.discard(self)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        self._client_closed = True
+        return super().eof_received()
+
+    def _log_missing_proxy_header(self) -> None:
+        """Why a listed balancer's connection ended before its PROXY header was
+        accepted: one rate-limited warning per balancer and cause."""
+        parsed = self.session.proxy_data if self.session else None
+        if parsed is not None and getattr(parsed, "error", ""):
+            kind, cause = "invalid", f"its PROXY header is invalid ({parsed.error})"
+        elif self._client_closed and self._bytes_received == 0:
+            # A TCP health check (HAProxy's `check` without check-send-proxy):
+            # connects and closes; not worth a warning.
+            log.debug("a load balancer connected and closed without sending anything",
+                      extra={"peer_ip": self.peer_ip})
+            return
+        elif self._client_closed:
+            kind, cause = "cut", "it closed the connection before its PROXY header was complete"
+        elif self.loop.time() < self._header_deadline:
+            # Closed on this side before the timeout: the listener is stopping.
+            log.debug("a load balancer's connection was closed before its PROXY header arrived",
+                      extra={"peer_ip": self.peer_ip})
+            return
+        else:
+            kind, cause = "timeout", f"it sent no complete PROXY header within {PROXY_HEADER_TIMEOUT:g} seconds"
+        self.context.limits.conditions.warn(
+            f"smtp_proxy_header:{self.peer_ip}:{kind}",
+            f"SMTP connection from a load balancer dropped: {cause}. [smtp] proxy_protocol_from lists this "
+            "address, so each of its connections must start with a PROXY protocol header (HAProxy: "
+            "send-proxy-v2 on the server line); remove the address from the list if it is not a balancer",
+            peer_ip=self.peer_ip, cause=cause,
+        )
+
     def data_received(self, data: bytes) -> None:
+        self._bytes_received += len(data)
         super().data_received(data)
         if self._receiving_data:
             # A sender that keeps sending is never idle, however slowly its
@@ -161,8 +234,20 @@ class MailpipeSMTP(SMTPBase):
 
     @property
     def peer_ip(self) -> str:
+        """The TCP peer: the client, or the load balancer it came through."""
         peer = self.session.peer if self.session else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    @property
+    def client_ip(self) -> str:
+        """The SMTP client: a trusted PROXY header's source, else the TCP peer."""
+        proxied = self.session.proxied_ip if self.session else None
+        return proxied or self.peer_ip
+
+    @property
+    def balancer_ip(self) -> str | None:
+        """The load balancer the client came through; None for a direct client."""
+        return self.peer_ip if self.session is not None and self.session.proxied_ip else None
 
     async def check_helo_needed(self, helo: str = "HELO") -> bool:
         assert self.session is not None
@@ -273,7 +358,7 @@ class MailpipeSMTP(SMTPBase):
             METRICS.recipients_refused.labels(routed.refusal_reason or "refused", routed.reply[:1] + "xx").inc()
             log.info(
                 "recipient refused",
-                extra={"rcpt_to": address, "peer_ip": envelope.peer_ip, "proxied_ip": envelope.proxied_ip,
+                extra={"rcpt_to": address, "peer_ip": envelope.client_ip, "balancer_ip": self.balancer_ip,
                        "reason": routed.refusal_reason, "reply": routed.reply},
             )
         else:
@@ -325,8 +410,8 @@ class MailpipeSMTP(SMTPBase):
             list(self.envelope.routes.values()),
             self.context.settings,
             SessionFacts(
-                peer_ip=self.peer_ip,
-                proxied_ip=self.session.proxied_ip,
+                peer_ip=self.client_ip,
+                balancer_ip=self.balancer_ip,
                 helo=self.session.host_name or "",
                 mail_from=self.envelope.mail_from,
                 tls=self.uses_tls,

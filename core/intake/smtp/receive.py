@@ -49,8 +49,10 @@ class Route:
 
 @dataclass(frozen=True)
 class SessionFacts:
+    #: the SMTP client (behind a load balancer: the address in its PROXY header)
     peer_ip: str
-    proxied_ip: str | None
+    #: the load balancer the client came through; None for a direct client
+    balancer_ip: str | None
     helo: str
     mail_from: str
     tls: bool
@@ -197,7 +199,7 @@ class MessageReceiver:
         facts = self.facts
         return {
             "peer_ip": facts.peer_ip,
-            "proxied_ip": facts.proxied_ip,
+            "balancer_ip": facts.balancer_ip,
             "helo": _printable(facts.helo),
             "mail_from": _printable(facts.mail_from),
             "rcpt_to": [_printable(r) for r in route.recipients],

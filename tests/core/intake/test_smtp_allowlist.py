@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import socket
 import smtplib
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import cli
-from tests.support.smtp import SmtpSetup, arrival, make_setup, queue_id_of, send, wait_for_arrival
+from tests.support.helpers import cli, wait_until
+from tests.support.smtp import (
+    ProxiedSMTP, SmtpSetup, arrival, make_setup, proxy_v1, proxy_v2, queue_id_of, send, wait_for_arrival,
+)
 
 SENDER = "journal@contoso.com"
 MESSAGE = b"Subject: exchange journal\r\n\r\nbody\r\n"
@@ -83,34 +84,22 @@ def test_ipv6_loopback(exchange: SmtpSetup) -> None:
 
 
 # --- PROXY protocol ------------------------------------------------------------------
+# The listener trusts a PROXY header only from [smtp] proxy_protocol_from; the
+# tests here speak it by hand (v1 and v2, forged and missing headers), and
+# tests/test_smtp_haproxy.py through a real HAProxy.
 
-
-class ProxiedSMTP(smtplib.SMTP):
-    """smtplib behind a load balancer: the PROXY header goes first."""
-
-    def __init__(self, header: bytes, host: str, port: int) -> None:
-        self.proxy_header = header
-        super().__init__(host, port, timeout=60)
-
-    def _get_socket(self, host, port, timeout):  # type: ignore[no-untyped-def]
-        sock = super()._get_socket(host, port, timeout)
-        sock.sendall(self.proxy_header)
-        return sock
-
-
-def proxy_v1(source: str) -> bytes:
-    return f"PROXY TCP4 {source} 192.0.2.1 40000 25\r\n".encode()
-
-
-def proxy_v2(source: str) -> bytes:
-    addresses = socket.inet_aton(source) + socket.inet_aton("192.0.2.1") + struct.pack("!HH", 40001, 25)
-    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+BALANCER = "127.0.0.1"  # listed in proxy_protocol_from
+STRANGER = "127.0.0.3"  # not listed
 
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSetup]:
-    setup = make_setup(tmp_path_factory.mktemp("proxied"), smtp="proxy_protocol = true\n")
+    setup = make_setup(
+        tmp_path_factory.mktemp("proxied"),
+        smtp=f'proxy_protocol_from = ["{BALANCER}"]\nmax_connections_per_client = 2\n',
+    )
     setup.add("behind", "smtp_exchange", sender_servers="192.0.2.0/24")
+    setup.add("stranger", "smtp_exchange", sender_servers=STRANGER)
     setup.start()
     yield setup
     setup.stop()
@@ -131,13 +120,80 @@ def test_proxy_protocol_source_is_what_the_allow_list_checks(proxied: SmtpSetup,
     queue_id = queue_id_of(reply)
     [(_, meta)] = wait_for_arrival(proxied.archive, queue_id)
     facts = arrival(meta, queue_id)["smtp"]
-    assert facts["proxied_ip"] == "192.0.2.7" and facts["peer_ip"] == "127.0.0.1"
+    # The real client is the message's peer; the balancer is recorded beside it.
+    assert facts["peer_ip"] == "192.0.2.7" and facts["balancer_ip"] == BALANCER, facts
+    assert proxied.server is not None
+    proxied.server.wait_for_log("message queued", queue_id=queue_id, peer_ip="192.0.2.7")
 
 
-def test_connection_without_proxy_header_is_closed(proxied: SmtpSetup) -> None:
-    with socket.create_connection(("127.0.0.1", proxied.port), timeout=30) as sock:
+def test_a_forged_header_from_an_unlisted_address_is_not_trusted(proxied: SmtpSetup) -> None:
+    """A client that is not a listed balancer cannot claim another address:
+    its PROXY header is an unknown command (500) and its own address counts."""
+    with socket.create_connection(("127.0.0.1", proxied.port), timeout=60, source_address=(STRANGER, 0)) as sock:
+        replies = sock.makefile("rb")
+
+        def say(line: bytes) -> bytes:
+            sock.sendall(line)
+            reply = replies.readline()
+            while reply[3:4] == b"-":  # a multi-line reply: up to its last line
+                reply = replies.readline()
+            return reply
+
+        assert replies.readline().startswith(b"220 ")
+        assert say(proxy_v1("192.0.2.7")).startswith(b"500 ")
+        assert say(b"EHLO forger.test\r\n").startswith(b"250 ")
+        assert say(f"MAIL FROM:<{SENDER}>\r\n".encode()).startswith(b"250 ")
+        refused = say(f"RCPT TO:<{proxied.address('behind')}>\r\n".encode())
+        assert refused.startswith(b"550 5.7.1") and STRANGER.encode() in refused, refused  # 192.0.2.7 would pass
+        assert say(f"RCPT TO:<{proxied.address('stranger')}>\r\n".encode()).startswith(b"250 ")
+
+    # v2's binary header: its signature is built to end a non-PROXY session (it holds QUIT).
+    with socket.create_connection(("127.0.0.1", proxied.port), timeout=60, source_address=(STRANGER, 0)) as sock:
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        sock.sendall(proxy_v2("192.0.2.7"))
+        answers = replies.readlines()  # until the server closes
+    assert answers and answers[0].startswith(b"500 ") and answers[-1].startswith(b"221 "), answers
+
+
+def test_a_listed_balancer_without_a_header_is_dropped_with_the_cause_logged(proxied: SmtpSetup) -> None:
+    assert proxied.server is not None
+    with socket.create_connection(("127.0.0.1", proxied.port), timeout=60) as sock:
         sock.sendall(b"EHLO direct.test\r\n")
         assert sock.recv(100) == b""  # no greeting: closed
+    entry = proxied.server.wait_for_log("SMTP connection from a load balancer dropped", peer_ip=BALANCER)
+    assert "PROXY header is invalid" in entry["cause"] and "unrecognized signature" in entry["cause"], entry
+
+    # A client that waits for the greeting (as every SMTP client does) is dropped after the header timeout.
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        smtplib.SMTP("127.0.0.1", proxied.port, timeout=60)
+    entry = proxied.server.wait_for_log("SMTP connection from a load balancer dropped", peer_ip=BALANCER,
+                                        cause="it sent no complete PROXY header within 10 seconds")
+
+
+def test_per_client_limit_counts_the_client_behind_the_balancer(proxied: SmtpSetup) -> None:
+    """max_connections_per_client = 2 here: two sessions of one proxied client
+    fill its share; a third is refused, and another client still gets in."""
+    first = ProxiedSMTP(proxy_v2("192.0.2.9"), "127.0.0.1", proxied.port)
+    second = ProxiedSMTP(proxy_v1("192.0.2.9"), "127.0.0.1", proxied.port)
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            ProxiedSMTP(proxy_v2("192.0.2.9"), "127.0.0.1", proxied.port)
+        assert refused.value.smtp_code == 421 and b"192.0.2.9" in refused.value.smtp_error
+        with ProxiedSMTP(proxy_v2("192.0.2.10"), "127.0.0.1", proxied.port) as other:
+            assert other.noop()[0] == 250
+    finally:
+        first.quit()
+        second.quit()
+    wait_until(lambda: _third_session_admitted(proxied), timeout=30, message="192.0.2.9's sessions were not released")
+
+
+def _third_session_admitted(setup: SmtpSetup) -> bool:
+    try:
+        with ProxiedSMTP(proxy_v2("192.0.2.9"), "127.0.0.1", setup.port) as client:
+            return client.noop()[0] == 250
+    except smtplib.SMTPConnectError:
+        return False
 
 
 # --- validation --------------------------------------------------------------------------

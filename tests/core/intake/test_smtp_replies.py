@@ -140,7 +140,7 @@ def test_accepted_message_reply_carries_queue_id_and_metadata(lenient: SmtpSetup
     assert entry["provenance"] == "smtp"
     assert entry["smtp"] == {
         "peer_ip": "127.0.0.1",
-        "proxied_ip": None,
+        "balancer_ip": None,
         "helo": "client.test",
         "mail_from": SENDER,
         "rcpt_to": [lenient.address("o365")],

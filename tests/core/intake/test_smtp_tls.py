@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.helpers import ServerProcess
-from tests.support.smtp import SmtpSetup, arrival, make_setup, queue_id_of, send, wait_for_arrival
+from tests.support.smtp import ProxiedSMTP, SmtpSetup, arrival, make_setup, proxy_v2, queue_id_of, send, wait_for_arrival
 
 SENDER = "journal@contoso.com"
 
@@ -47,6 +47,30 @@ def test_starttls_offered_and_recorded(tmp_path, certs) -> None:
         [(_, secured)] = wait_for_arrival(setup.archive, tls_id)
         assert arrival(plain, plain_id)["smtp"]["tls"] is False
         assert arrival(secured, tls_id)["smtp"]["tls"] is True
+    finally:
+        setup.stop()
+
+
+def test_starttls_behind_a_load_balancer_keeps_the_proxied_client(tmp_path, certs) -> None:
+    """STARTTLS starts a new aiosmtpd session; the client named by the
+    balancer's PROXY header must survive it (allow-list and archived facts)."""
+    setup = make_setup(tmp_path, smtp=(
+        f'tls_cert = "{certs.cert_file}"\ntls_key = "{certs.key_file}"\nhostname = "localhost"\n'
+        'proxy_protocol_from = ["127.0.0.1"]\n'
+    ))
+    setup.add("exchange", "smtp_exchange", sender_servers="192.0.2.7")  # not the balancer, 127.0.0.1
+    setup.start()
+    try:
+        with ProxiedSMTP(proxy_v2("192.0.2.7"), "127.0.0.1", setup.port) as client:
+            client.ehlo("client.test")
+            client.starttls(context=certs.client_context())
+            client.ehlo("client.test")
+            code, reply, _ = send(client, SENDER, [setup.address("exchange")], b"Subject: tls behind lb\r\n\r\nx\r\n")
+        assert code == 250, (code, reply)
+        queue_id = queue_id_of(reply)
+        [(_, meta)] = wait_for_arrival(setup.archive, queue_id)
+        facts = arrival(meta, queue_id)["smtp"]
+        assert (facts["peer_ip"], facts["balancer_ip"], facts["tls"]) == ("192.0.2.7", "127.0.0.1", True), facts
     finally:
         setup.stop()
 

@@ -8,17 +8,10 @@ import signal
 import socket
 from pathlib import Path
 
-from tests.support.helpers import ServerProcess, cli, wait_until
+from tests.support.helpers import ServerProcess, child_pids, cli, wait_until
 from tests.support.smtp import make_setup, queue_id_of, send, wait_for_arrival
 
 SENDER = "journal@contoso.com"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def _role_of(pid: int) -> str:
@@ -48,7 +41,7 @@ def test_workers_accept_reload_and_die_with_the_server(tmp_path: Path) -> None:
     try:
         server.wait_for_log("SMTP worker processes ready")
         assert server.process is not None
-        children = _children(server.process.pid)
+        children = child_pids(server.process.pid)
         roles = sorted(_role_of(pid) for pid in children)
         assert roles == ["pipeline", "smtp", "smtp"]
         assert len([e for e in server.logs() if e.get("msg") == "SMTP listener ready"]) == 2
@@ -88,7 +81,7 @@ def test_workers_accept_reload_and_die_with_the_server(tmp_path: Path) -> None:
             return codes == {451}
 
         wait_until(all_refuse, timeout=15, message="a worker kept accepting for a disabled connection")
-        children = _children(server.process.pid)
+        children = child_pids(server.process.pid)
     finally:
         server.kill()  # SIGKILL: the workers must not outlive the server
     wait_until(lambda: _refused(setup.port), timeout=15, message="a worker outlived the killed server")
@@ -107,7 +100,7 @@ def test_one_smtp_process_and_a_pipeline_at_normal_priority(tmp_path: Path) -> N
     try:
         assert server.wait_for_log("pipeline process ready")["cpu_priority"] == "normal"
         assert server.process is not None
-        (pipeline,) = _children(server.process.pid)
+        (pipeline,) = child_pids(server.process.pid)
         assert _role_of(pipeline) == "pipeline"
         assert os.sched_getscheduler(pipeline) == os.SCHED_OTHER
         with setup.client() as client:

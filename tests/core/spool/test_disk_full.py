@@ -288,7 +288,7 @@ async def test_enospc_while_committing_is_a_temporary_452_and_leaves_nothing(
     else:
         monkeypatch.setattr(group_commit.os, "rename", no_space)
     connection = Connection(id="c1", type="smtp_o365", description="", enabled=True, settings={})
-    facts = SessionFacts(peer_ip="127.0.0.1", proxied_ip=None, helo="h", mail_from="a@b", tls=False)
+    facts = SessionFacts(peer_ip="127.0.0.1", balancer_ip=None, helo="h", mail_from="a@b", tls=False)
     receiver = await MessageReceiver.open(committer, [Route(connection, ["j@journal.test"])], SmtpConfig(), facts)
     receiver.feed(b"Subject: x\r\n\r\nbody\r\n")
     reply = await receiver.finish()

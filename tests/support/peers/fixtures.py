@@ -34,6 +34,11 @@ Fixtures and what they yield:
     test left it paused, stopped or killed.
 ``moto_s3_server`` (session)
     the underlying host; use ``moto_s3`` instead.
+``haproxy`` (function)
+    a factory for :class:`peers.haproxy.HAProxy` (Debian's haproxy, ``mode
+    tcp``, ``send-proxy-v2`` to each node): ``haproxy([(host, port), ...])
+    .start()``; stopped after the test.  Skips (or fails) without
+    /usr/sbin/haproxy.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import pytest
 
 from .certs import CertBundle, make_certs, make_untrusted_cert
 from .dovecot import DOVECOT_BINARY, Dovecot, DovecotError
+from .haproxy import haproxy
 from .require import peer_missing
 from .s3 import DUMMY_CREDENTIALS, MotoError, MotoS3
 
@@ -57,6 +63,7 @@ __all__ = [
     "certs",
     "dovecot",
     "fresh_imap_user",
+    "haproxy",
     "moto_s3",
     "moto_s3_server",
     "private_dovecot",
