@@ -9,13 +9,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, Awaitable, Callable, Iterator, Literal, Protocol, runtime_checkable
 
-# The sink contract's two failures, importable beside the Sink protocol.
+# The sink contract's two failures and the message a sink is given,
+# importable beside the Sink protocol: plugins import from here only.
 from mailpipe.errors import MessageRejected, SinkUnavailable  # noqa: F401
-
-if TYPE_CHECKING:
-    from mailpipe.spool.queue import SpooledMessage
+from mailpipe.spool.queue import SpooledMessage  # noqa: F401
 
 SettingKind = Literal["str", "int", "bool", "list", "secret", "address", "path"]
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from mailpipe.spool.queue import SpooledMessage
-from mailpipe.types import SinkContext, TestResult
+from mailpipe.types import SinkContext, SpooledMessage, TestResult
 
 
 class JsonLinesSink:
