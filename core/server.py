@@ -6,9 +6,10 @@ pipeline process (mailpipe.pipeline_process; with ``[pipeline] own_process
 = false`` the pipeline runs here instead). With ``--workers N`` (N > 1) the
 SMTP listener moves to N worker processes (mailpipe.smtp.worker).
 
-Connection changes made by the CLI (another process) reach the running
-server through the store's revision counter, polled every
-``WATCH_INTERVAL`` seconds: a disabled or deleted connection stops
+Connection changes made by the CLI (another process) or another node reach
+the running server through the store's revision counter
+(``next_revision``: SQLite polls it every 0.2 s, PostgreSQL wakes the
+watch loop by LISTEN/NOTIFY): a disabled or deleted connection stops
 accepting or collecting, an enabled one starts, without a restart.
 
 One server per data_dir (an flock on ``data_dir/serve.lock``). SIGHUP
@@ -44,8 +45,16 @@ from mailpipe.types import CollectContext, Connection, ConnectionType, IntakeCon
 
 log = logging.getLogger("mailpipe.server")
 
-WATCH_INTERVAL = 0.2
+#: The longest one wait for a change lasts (a bound, not a poll interval:
+#: the store's wait_for_change returns as soon as the revision moves).
+WATCH_WAIT_SECONDS = 1.0
 COLLECTOR_RESTART_SECONDS = (1.0, 60.0)
+
+
+async def next_revision(store: Any, seen: int) -> int:
+    """The store's revision once it moved past ``seen`` (or after WATCH_WAIT_SECONDS).
+    The waiting thread is abandoned on cancellation: shutdown does not wait for it."""
+    return int(await anyio.to_thread.run_sync(store.wait_for_change, seen, WATCH_WAIT_SECONDS, abandon_on_cancel=True))
 
 
 class ConnectionDirectory:
@@ -142,8 +151,7 @@ class Server:
 
     async def _watch(self, group: TaskGroup) -> None:
         while True:
-            await anyio.sleep(WATCH_INTERVAL)
-            revision = await anyio.to_thread.run_sync(self.runtime.store.revision)
+            revision = await next_revision(self.runtime.store, self.directory.revision)
             if revision != self.directory.revision:
                 await self._refresh(group)
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
+from helpers import BOTH_STORES, state_rows
 from mailpipe import hookimpl
 from mailpipe.config import load_config
 from mailpipe.connections import ConnectionService
 from mailpipe.errors import SecretKeyError
 from mailpipe.plugin_host import PluginHost
 from mailpipe.secrets import MASK, SecretBox
-from mailpipe.store import SQLiteStore
+from mailpipe.runtime import open_state_store
 from mailpipe.types import CollectContext, Connection, ConnectionType, Setting
 
 pytestmark = pytest.mark.anyio
@@ -37,16 +37,18 @@ def service_for(config_path: Path) -> ConnectionService:
     host = PluginHost()
     host.register(VaultType(), "vault")
     host.collect_registrations()
-    return ConnectionService(config, host, SQLiteStore(config.state_db), SecretBox.for_data_dir(config.data_dir))
+    return ConnectionService(config, host, open_state_store(config), SecretBox.for_data_dir(config.data_dir))
 
 
+@BOTH_STORES
 async def test_password_is_encrypted_at_rest_and_masked(config_path: Path) -> None:
     service = service_for(config_path)
     connection = await service.add("vault", "v", {"user": "u", "password": PASSWORD})
     assert connection.settings["password"] == PASSWORD  # plugins get the real value
     assert service.public(connection)["settings"] == {"user": "u", "password": MASK}
     data_dir = config_path.parent / "data"
-    raw = sqlite3.connect(data_dir / "mailpipe.db").execute("SELECT settings FROM connections").fetchone()[0]
+    [row] = state_rows(config_path, "SELECT settings FROM connections")
+    raw = row["settings"]
     assert PASSWORD not in raw and "enc:v1:" in raw
     for file in data_dir.rglob("*"):
         if file.is_file():
@@ -58,6 +60,7 @@ async def test_password_is_encrypted_at_rest_and_masked(config_path: Path) -> No
     assert edited.settings["password"] == PASSWORD
 
 
+@BOTH_STORES
 async def test_key_from_environment(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPIPE_SECRET_KEY", Fernet.generate_key().decode())
     service = service_for(config_path)

@@ -47,7 +47,7 @@ async def run_worker_pool(
 
 
 async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
-    from mailpipe.server import WATCH_INTERVAL, ConnectionDirectory
+    from mailpipe.server import ConnectionDirectory, next_revision
     from mailpipe.smtp.listener import serve_smtp
     from mailpipe.spool_notify import SpoolAnnouncer
 
@@ -62,8 +62,7 @@ async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
 
     async def watch() -> None:
         while True:
-            await anyio.sleep(WATCH_INTERVAL)
-            revision = await anyio.to_thread.run_sync(runtime.store.revision)
+            revision = await next_revision(runtime.store, directory.revision)
             if revision != directory.revision:
                 directory.replace(*await anyio.to_thread.run_sync(read))
 

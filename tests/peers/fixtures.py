@@ -34,6 +34,12 @@ Fixtures and what they yield:
     test left it paused, stopped or killed.
 ``moto_s3_server`` (session)
     the underlying host; use ``moto_s3`` instead.
+``postgres`` (session)
+    a started :class:`peers.postgres.Postgres` (Debian's PostgreSQL 15, run
+    as an unprivileged user). Skips (or, with MAILPIPE_REQUIRE_PEERS=1,
+    fails) when the binaries are absent.
+``postgres_url`` (function)
+    the URL of a new, empty database on ``postgres``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import importlib.util
 import itertools
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +56,7 @@ import pytest
 
 from .certs import CertBundle, make_certs, make_untrusted_cert
 from .dovecot import DOVECOT_BINARY, Dovecot, DovecotError
+from .postgres import PG_BIN, Postgres, PostgresError
 from .require import peer_missing
 from .s3 import DUMMY_CREDENTIALS, MotoError, MotoS3
 
@@ -59,6 +67,8 @@ __all__ = [
     "fresh_imap_user",
     "moto_s3",
     "moto_s3_server",
+    "postgres",
+    "postgres_url",
     "private_dovecot",
     "untrusted_certs",
 ]
@@ -154,3 +164,26 @@ def moto_s3(moto_s3_server: MotoS3, aws_credentials: dict[str, str]) -> Iterator
     moto_s3_server.reset()
     yield moto_s3_server
     moto_s3_server.start()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    if not (PG_BIN / "postgres").exists():
+        peer_missing(f"{PG_BIN}/postgres is not installed (Debian: apt-get install postgresql)")
+    if importlib.util.find_spec("psycopg") is None:
+        peer_missing("psycopg is not installed (pip install 'psycopg[binary,pool]')")
+    server = Postgres()
+    try:
+        server.start()
+    except (PostgresError, OSError, subprocess.SubprocessError) as error:
+        server.close()
+        peer_missing(f"postgres did not start: {error}")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.create_database()
