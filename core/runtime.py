@@ -71,8 +71,8 @@ class Runtime:
         store = open_state_store(config, state)
         try:
             box = SecretBox.for_data_dir(config.data_dir) if create or _key_exists(config) else MissingKeyBox(config)
-            if create:  # a command that may write secrets: they must be readable by every node
-                verify_shared_key(box, store)
+            if not isinstance(box, MissingKeyBox):  # secrets it writes must be readable by every node
+                verify_shared_key(box, store, record=create)
         except BaseException:
             store.close()
             raise

@@ -71,14 +71,17 @@ class SecretBox:
             ) from None
 
 
-def verify_shared_key(box: SecretBox, store: Any) -> None:
-    """Refuse a key that cannot decrypt what the state store holds; the first
-    node records the check value (first writer wins, so two nodes starting
-    at once with different keys cannot both pass)."""
-    samples = [value for row in store.list() for value in row.settings.values()
-               if isinstance(value, str) and value.startswith(PREFIX)][:1]
+def verify_shared_key(box: SecretBox, store: Any, record: bool = True) -> None:
+    """Refuse a key that cannot decrypt what the state store holds. With
+    ``record`` (``serve`` and the commands that create state), the first
+    node records the check value: first writer wins, so two nodes starting
+    at once with different keys cannot both pass."""
     if store.get_state(KEY_CHECK_STATE) is None:
+        samples = [value for row in store.list() for value in row.settings.values()
+                   if isinstance(value, str) and value.startswith(PREFIX)][:1]
         _decrypts_all(box, store, samples)
+        if not record:
+            return
         store.execute(
             "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
             (KEY_CHECK_STATE, json.dumps(box.encrypt(_KEY_CHECK_TEXT))),

@@ -118,6 +118,7 @@ class PostgresStore(SQLStore):
         )
         self._changes = threading.Condition()
         self._notified = 0  # NOTIFYs (and reconnects) seen by the listener thread
+        self._consumed = 0  # ... of which wait_for_change has acted on
         self._listener: threading.Thread | None = None
         self._closing = threading.Event()
         if migrate:
@@ -164,16 +165,18 @@ class PostgresStore(SQLStore):
     # --- changes: LISTEN/NOTIFY -------------------------------------------------
 
     def wait_for_change(self, seen: int, timeout: float) -> int:
-        """Wait for a NOTIFY (or ``timeout``), then read the revision once."""
+        """Wait for a NOTIFY (or ``timeout``), then read the revision once.
+
+        No NOTIFY, no query: an idle node sends PostgreSQL nothing. The
+        listener counts its (re)connection as a notification, so a change
+        made before it listened, or while it was cut off, is read too.
+        One watcher per store (each process has one watch loop)."""
         self._start_listener()
         with self._changes:
-            notified = self._notified
-        revision = self.revision()  # a change committed before the listener was ready
-        if revision != seen:
-            return revision
-        with self._changes:
-            self._changes.wait_for(lambda: self._notified != notified or self._closing.is_set(), timeout)
-        return self.revision()
+            self._changes.wait_for(lambda: self._notified != self._consumed or self._closing.is_set(), timeout)
+            woken = self._notified != self._consumed
+            self._consumed = self._notified
+        return self.revision() if woken else seen
 
     def _start_listener(self) -> None:
         with self._changes:
