@@ -41,6 +41,7 @@ from mailpipe.group_commit import GroupCommitter
 from mailpipe.pipeline_process import run_pipeline
 from mailpipe.runtime import Runtime
 from mailpipe.spool import SpooledMessage
+from mailpipe.store import StateStoreError
 from mailpipe.types import CollectContext, Connection, ConnectionType, IntakeContext
 
 log = logging.getLogger("mailpipe.server")
@@ -51,10 +52,27 @@ WATCH_WAIT_SECONDS = 1.0
 COLLECTOR_RESTART_SECONDS = (1.0, 60.0)
 
 
+@contextlib.contextmanager
+def store_outage_logged() -> Iterator[None]:
+    """A read the store could not answer is logged, not fatal: the next change retries it."""
+    try:
+        yield
+    except StateStoreError as error:
+        log.warning("state store unavailable; serving the connections as last read", extra={"error": str(error)})
+
+
 async def next_revision(store: Any, seen: int) -> int:
     """The store's revision once it moved past ``seen`` (or after WATCH_WAIT_SECONDS).
-    The waiting thread is abandoned on cancellation: shutdown does not wait for it."""
-    return int(await anyio.to_thread.run_sync(store.wait_for_change, seen, WATCH_WAIT_SECONDS, abandon_on_cancel=True))
+    The waiting thread is abandoned on cancellation: shutdown does not wait for it.
+
+    A state store that is down (PostgreSQL restarting) does not stop the
+    node: it keeps serving the connections as last read, and says so."""
+    with store_outage_logged():
+        return int(await anyio.to_thread.run_sync(
+            store.wait_for_change, seen, WATCH_WAIT_SECONDS, abandon_on_cancel=True
+        ))
+    await anyio.sleep(WATCH_WAIT_SECONDS)
+    return seen
 
 
 class ConnectionDirectory:
@@ -153,7 +171,8 @@ class Server:
         while True:
             revision = await next_revision(self.runtime.store, self.directory.revision)
             if revision != self.directory.revision:
-                await self._refresh(group)
+                with store_outage_logged():
+                    await self._refresh(group)
 
     async def _refresh(self, group: TaskGroup) -> None:
         def read() -> tuple[list[Connection], int]:

@@ -67,6 +67,11 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class Row(tuple):  # type: ignore[type-arg]
     """A row indexable by position and by column name, as sqlite3.Row is."""
 
@@ -128,9 +133,8 @@ class PostgresStore(SQLStore):
         try:
             psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
         except psycopg.Error as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise StateStoreError(
-                f"cannot reach the state store {self.location}: {reason}; check [state] url "
+                f"cannot reach the state store {self.location}: {_first_line(error)}; check [state] url "
                 "(host, port, database, user, password) and that PostgreSQL is running"
             ) from None
 
@@ -144,6 +148,8 @@ class PostgresStore(SQLStore):
                 f"the state store {self.location} did not answer within {POOL_WAIT_SECONDS:.0f} s; "
                 "check that PostgreSQL is running and reachable"
             ) from None
+        except psycopg.OperationalError as error:  # the server went away mid-statement
+            raise StateStoreError(f"the state store {self.location} failed: {_first_line(error)}") from None
 
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Transaction]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 from helpers import BOTH_STORES, ServerProcess, archived_files, cli, free_port, state_rows, state_url_toml, wait_until
-from peers.postgres import Postgres
+from peers.postgres import PG_BIN, Postgres
+from peers.require import peer_missing
 from smtp_helpers import SmtpSetup, make_setup, send, session_accepting
 
 from mailpipe.config import load_config
@@ -147,6 +148,36 @@ def test_two_nodes_see_each_others_connection_changes(tmp_path: Path, postgres_u
         cli(node_a.config, "connections", "disable", added["id"], env=shared_key, check=True)
         wait_until(lambda: session_accepting(node_b, address) is None, WAIT, 0.1,
                    "node B still accepts a connection disabled through node A")
+
+
+def test_a_node_keeps_taking_mail_while_postgresql_is_down(tmp_path: Path) -> None:
+    """PostgreSQL stopped under a running node: SMTP intake and archiving go
+    on for the connections it knows, changes are refused with the reason;
+    once PostgreSQL is back, a change reaches the node (its listener reconnected)."""
+    if not (PG_BIN / "postgres").exists():
+        peer_missing(f"{PG_BIN}/postgres is not installed (Debian: apt-get install postgresql)")
+    private = Postgres()
+    try:
+        private.start()
+        node = on_postgres(make_setup(tmp_path / "node"), private.create_database())
+        node.add("o365", "smtp_o365", undeliverable_journal_address=SENDER)
+        with ServerProcess(node.config) as server:
+            private.stop()
+            with node.client() as client:
+                code, reply, _ = send(client, SENDER, [node.address("o365")], b"Subject: outage\r\n\r\nbody\r\n")
+            assert code == 250, reply
+            assert wait_until(lambda: len(archived_files(node.archive)) == 1, WAIT, 0.2)
+            refused = cli(node.config, "connections", "list")
+            assert refused.code == 1 and "cannot reach the state store" in refused.err, refused
+            private.start()
+            later = cli(node.config, "connections", "add", "smtp_o365", "--description", "after",
+                        "--set", f"undeliverable_journal_address={SENDER}", check=True).json
+            cli(node.config, "connections", "enable", later["id"], check=True)
+            wait_until(lambda: session_accepting(node, later["address"]), WAIT, 0.2,
+                       "the node never saw the connection added after PostgreSQL came back")
+            assert server.process is not None and server.process.poll() is None
+    finally:
+        private.close()
 
 
 # --- per-message work does not reach PostgreSQL ----------------------------------------

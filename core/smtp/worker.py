@@ -47,7 +47,7 @@ async def run_worker_pool(
 
 
 async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
-    from mailpipe.server import ConnectionDirectory, next_revision
+    from mailpipe.server import ConnectionDirectory, next_revision, store_outage_logged
     from mailpipe.smtp.listener import serve_smtp
     from mailpipe.spool_notify import SpoolAnnouncer
 
@@ -64,7 +64,8 @@ async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
         while True:
             revision = await next_revision(runtime.store, directory.revision)
             if revision != directory.revision:
-                directory.replace(*await anyio.to_thread.run_sync(read))
+                with store_outage_logged():
+                    directory.replace(*await anyio.to_thread.run_sync(read))
 
     directory.replace(*await anyio.to_thread.run_sync(read))
     announcer = SpoolAnnouncer(runtime.spool.root)

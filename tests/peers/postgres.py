@@ -62,17 +62,19 @@ class Postgres:
         return {"user": account.pw_uid, "group": account.pw_gid}
 
     def start(self) -> None:
+        """initdb on the first start; later starts (after ``stop``) reuse the data and the port."""
         ids = self._run_as()
-        if ids:
-            os.chown(self.root, ids["user"], ids["group"])
-        initdb = subprocess.run(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-sync"],
-            capture_output=True, text=True, timeout=180, cwd=self.root, **ids,  # type: ignore[call-overload]
-        )
-        if initdb.returncode != 0:
-            raise PostgresError(f"initdb failed: {initdb.stderr.strip() or initdb.stdout.strip()}")
-        self.port = free_port()
+        if not self.data.exists():
+            if ids:
+                os.chown(self.root, ids["user"], ids["group"])
+            initdb = subprocess.run(
+                [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
+                 "--encoding=UTF8", "--locale=C", "--no-sync"],
+                capture_output=True, text=True, timeout=180, cwd=self.root, **ids,  # type: ignore[call-overload]
+            )
+            if initdb.returncode != 0:
+                raise PostgresError(f"initdb failed: {initdb.stderr.strip() or initdb.stdout.strip()}")
+            self.port = free_port()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.root),
@@ -123,12 +125,16 @@ class Postgres:
                     count += 1
         return count
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """A "fast" shutdown (SIGINT): clients are disconnected; ``start`` brings it back."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # "fast" shutdown
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
