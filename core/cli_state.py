@@ -28,7 +28,8 @@ def register(commands: Any, common: argparse.ArgumentParser, actions: Callable[.
 
 def cmd_state_migrate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    existed = state_context(config)["state"] == "existing"
+    # A shared store is the cluster's: migrating it creates nothing on this node.
+    existed = config.shared_state or state_context(config)["state"] == "existing"
     if not config.shared_state:
         secure_data_dir(config.data_dir, group_id(config.group))
     store = open_state_store(config, migrate=False)

@@ -119,8 +119,14 @@ def open_state_store(config: Config, state: StateKind = "existing", migrate: boo
 
 
 def _state_exists(config: Config) -> bool:
-    # A shared (PostgreSQL) store exists apart from this node's data_dir.
-    return config.shared_state or config.state_db.exists()
+    """Whether this node has its state. With a shared (PostgreSQL) store the
+    database is the cluster's; what a node brings into being is its own
+    secret key, so a node that has none is "none" and the commands that may
+    create state (``connections add``) make it there, checked against the
+    key the cluster's secrets were written with."""
+    if config.shared_state:
+        return _key_exists(config)
+    return config.state_db.exists()
 
 
 def config_file(config: Config) -> str | None:

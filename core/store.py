@@ -189,6 +189,10 @@ class SQLStore:
     def _lock_schema(self, db: Transaction) -> None:
         """Keep other nodes out while this one migrates (PostgreSQL; SQLite's write lock already does)."""
 
+    def _serialise(self, db: Transaction) -> None:
+        """Make ``transaction`` run alone among writers, as SQLite's BEGIN IMMEDIATE does,
+        so that a read-check-write in it means the same on every backend."""
+
     def _legacy_version(self, db: Transaction) -> int:
         return 0
 
@@ -303,9 +307,11 @@ class SQLStore:
             return int(db.execute(sql, params).rowcount)
 
     def transaction(self, work: Callable[[Transaction], bool]) -> None:
-        """Run ``work`` in one write transaction; it returns True when it
+        """Run ``work`` in one write transaction, alone among the store's
+        multi-statement writers (on every node); it returns True when it
         changed a connection row (the revision is bumped then)."""
         with self._begin() as db:
+            self._serialise(db)
             if work(db):
                 self._bump_revision(db)
 

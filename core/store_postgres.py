@@ -10,7 +10,10 @@ The migrations are the SQLite ones (mailpipe.store.MIGRATIONS); ``translate``
 is the one place where the dialects differ: ``?`` placeholders become
 psycopg's ``%s``, and SQLite's ``INTEGER PRIMARY KEY AUTOINCREMENT`` an
 identity column. Schema changes take an advisory lock so two nodes starting
-at once migrate one after the other.
+at once migrate one after the other; ``transaction`` blocks (several
+statements, e.g. the live-status flush) take a cluster-wide advisory lock,
+so they are as serialised as SQLite's writers are and portable SQL means
+the same on both backends.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ POOL_SIZE = 4
 CHANNEL = "mailpipe_changes"
 #: Any constant: the advisory lock that serialises migrations across nodes.
 MIGRATION_LOCK = 0x6D61696C  # "mail"
+WRITE_LOCK = MIGRATION_LOCK + 1
+#: A transaction left open by a frozen process (SIGSTOP, a stalled VM) would
+#: hold its locks against every node; PostgreSQL ends such a session.
+IDLE_IN_TRANSACTION_MS = 60_000
 CONNECT_TIMEOUT_SECONDS = 10
 #: How long a request waits for a free pooled connection (or a restarted server).
 POOL_WAIT_SECONDS = 30.0
@@ -116,7 +123,10 @@ class PostgresStore(SQLStore):
             url,
             min_size=1,
             max_size=POOL_SIZE,
-            kwargs={"autocommit": True, "row_factory": _rows, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            kwargs={
+                "autocommit": True, "row_factory": _rows, "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            },
             timeout=POOL_WAIT_SECONDS,
             name="mailpipe-state",
             open=True,
@@ -167,6 +177,12 @@ class PostgresStore(SQLStore):
 
     def _lock_schema(self, db: Transaction) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+
+    def _serialise(self, db: Transaction) -> None:
+        # READ COMMITTED would let two nodes' check-then-write transactions
+        # interleave; SQLite never does. Writes are few (not per message), so
+        # one cluster-wide lock costs little and keeps the SQL portable.
+        db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
 
     # --- changes: LISTEN/NOTIFY -------------------------------------------------
 

@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -78,6 +79,36 @@ def test_accounts_tokens_and_the_audit_log(config_path: Path, tmp_path: Path) ->
     assert actions == ["user.add", "user.add", "token.create", "user.delete"]
     seqs = [e["seq"] for e in cli(config_path, "audit", "list", check=True).json["entries"]]
     assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+@BOTH_STORES
+def test_transactions_run_alone_among_writers(config_path: Path) -> None:
+    """Read-check-write in ``transaction`` from two stores (two nodes) and two
+    threads each: no update is lost, on PostgreSQL as on SQLite."""
+    config = load_config(config_path)
+    stores = [open_state_store(config), open_state_store(config)]
+    stores[0].set_state("counter", 0)
+
+    def increment(db: Any) -> bool:
+        [row] = db.execute("SELECT value FROM state WHERE key = ?", ("counter",)).fetchall()
+        time.sleep(0.002)  # widen the window another writer would slip into
+        db.execute("UPDATE state SET value = ? WHERE key = ?", (str(int(row["value"]) + 1), "counter"))
+        return False
+
+    def work(store: Any) -> None:
+        for _ in range(25):
+            store.transaction(increment)
+
+    threads = [threading.Thread(target=work, args=(store,)) for store in stores for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert stores[1].get_state("counter") == 100
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_state_url_must_be_postgresql(tmp_path: Path) -> None:
