@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -32,12 +34,25 @@ class VaultType:
                                collect=_collect_nothing)]
 
 
+_opened: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_stores() -> Iterator[None]:
+    """The stores service_for opened are closed after each test (a PostgreSQL pool has threads)."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def service_for(config_path: Path) -> ConnectionService:
     config = load_config(config_path)
     host = PluginHost()
     host.register(VaultType(), "vault")
     host.collect_registrations()
-    return ConnectionService(config, host, open_state_store(config), SecretBox.for_data_dir(config.data_dir))
+    store = open_state_store(config)
+    _opened.append(store)
+    return ConnectionService(config, host, store, SecretBox.for_data_dir(config.data_dir))
 
 
 @BOTH_STORES
