@@ -11,8 +11,10 @@ SMTP run do not grow with the number of messages.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,9 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from helpers import BOTH_STORES, ServerProcess, archived_files, cli, free_port, state_rows, state_url_toml, wait_until
+from helpers import (
+    BOTH_STORES, ServerProcess, archived_files, cli, free_port, state_rows, state_url_toml, wait_until, write_config,
+)
 from peers.postgres import PG_BIN, Postgres
 from peers.require import peer_missing
 from smtp_helpers import SmtpSetup, make_setup, send, session_accepting
@@ -48,6 +52,21 @@ def test_migrate_is_idempotent_and_reports_the_schema_version(config_path: Path)
     assert again["schema_version_before"] == again["schema_version"] == len(MIGRATIONS)
     assert again["migrations_applied"] == 0 and again["state"] == "existing"
     assert state_rows(config_path, "SELECT version FROM schema_version") == [{"version": len(MIGRATIONS)}]
+
+
+def test_an_sqlite_file_from_before_the_schema_version_table_keeps_its_version(tmp_path: Path) -> None:
+    """Older releases kept the version in SQLite's header (PRAGMA user_version)."""
+    path = tmp_path / "data" / "mailpipe.db"
+    path.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for script in MIGRATIONS:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        db.commit()
+    migrated = cli(write_config(tmp_path), "state", "migrate", check=True).json
+    assert migrated["schema_version_before"] == len(MIGRATIONS) and migrated["migrations_applied"] == 0
 
 
 @BOTH_STORES
