@@ -45,6 +45,7 @@ type = "filesystem"
 path = "var/archive"
 """
 
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CPU_PRIORITIES = ("auto", "idle", "normal")
 #: RFC 5321 lets a text line hold 998 characters; a lower limit refuses
@@ -281,6 +282,28 @@ class HttpConfig(_Section):
         return self
 
 
+class StateConfig(_Section):
+    """Where connections, live status, accounts and the audit log live
+    (mailpipe.connections.store): "" is the embedded SQLite file in data_dir; a
+    ``postgresql://`` URL is a PostgreSQL database several nodes share."""
+
+    url: str = Field(
+        "",
+        description='"" (the embedded SQLite file in data_dir) or a PostgreSQL URL such as '
+        '"postgresql://mailpipe@db.example.net/mailpipe"',
+    )
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        if value and not value.startswith(POSTGRESQL_SCHEMES):
+            raise ValueError(
+                'must be "" (the embedded SQLite file in data_dir) or a URL starting with postgresql:// '
+                '(e.g. "postgresql://mailpipe@db.example.net/mailpipe")'
+            )
+        return value
+
+
 class SinkTable(BaseModel):
     """The host's keys of a ``[[sinks]]`` table; the others go to the sink type."""
 
@@ -302,6 +325,7 @@ class ConfigFile(BaseModel):
     plugins: PluginsConfig = PluginsConfig()
     spool: SpoolConfig = SpoolConfig()
     http: HttpConfig = HttpConfig()
+    state: StateConfig = StateConfig()
     sinks: list[SinkTable] | None = None
 
 
@@ -312,6 +336,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "plugins": PluginsConfig,
     "spool": SpoolConfig,
     "http": HttpConfig,
+    "state": StateConfig,
     "sinks": SinkTable,
 }
 
@@ -330,6 +355,7 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     spool: SpoolConfig = SpoolConfig()
     http: HttpConfig = HttpConfig()
+    state: StateConfig = StateConfig()
 
     @property
     def spool_dir(self) -> Path:
@@ -338,6 +364,11 @@ class Config:
     @property
     def state_db(self) -> Path:
         return self.data_dir / "mailpipe.db"
+
+    @property
+    def shared_state(self) -> bool:
+        """True when the state store is a PostgreSQL database (several nodes), not the SQLite file."""
+        return bool(self.state.url)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -403,6 +434,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
             key: str(_path(base, getattr(checked.http, key))) for key in ("tls_cert", "tls_key")
             if getattr(checked.http, key)
         }),
+        state=checked.state,
     )
 
 

@@ -26,9 +26,9 @@ from mailpipe.errors import ConfigError, SecretKeyError
 from mailpipe.connections.live_status import LIVE
 from mailpipe.common.permissions import apply_umask, group_id, secure_data_dir
 from mailpipe.plugin_host import PluginHost, load_plugins
-from mailpipe.connections.secrets import KEY_ENV, PREFIX, SecretBox
+from mailpipe.connections.secrets import KEY_ENV, PREFIX, SecretBox, verify_shared_key
 from mailpipe.spool.queue import Spool
-from mailpipe.connections.store import SQLiteStore
+from mailpipe.connections.store import SQLiteStore, SQLStore
 from mailpipe.types import SinkContext, SinkSlot, SinkType
 
 #: Keys of a [[sinks]] table that belong to the host, not to the sink type.
@@ -46,7 +46,7 @@ EMPTY_STORE = Path(":memory:")
 class Runtime:
     config: Config
     host: PluginHost
-    store: SQLiteStore
+    store: SQLStore
     box: SecretBox
     service: ConnectionService
     state: StateKind = "existing"
@@ -60,13 +60,19 @@ class Runtime:
         config = config or load_config(config_path)
         host = load_plugins(config.plugins)
         build_sink_slots(config, host)  # each sink type checks its own keys before anything is created
-        state: StateKind = "existing" if config.state_db.exists() else ("created" if create else "none")
+        state: StateKind = "existing" if _state_exists(config) else ("created" if create else "none")
         if create:
             secure_data_dir(config.data_dir, group_id(config.group))
         else:
             apply_umask(group_id(config.group))
-        store = SQLiteStore(EMPTY_STORE if state == "none" else config.state_db)
-        box = SecretBox.for_data_dir(config.data_dir) if create or _key_exists(config) else MissingKeyBox(config)
+        store = open_state_store(config, state)
+        try:
+            box = SecretBox.for_data_dir(config.data_dir) if create or _key_exists(config) else MissingKeyBox(config)
+            if not isinstance(box, MissingKeyBox):  # secrets it writes must be readable by every node
+                verify_shared_key(box, store, record=create)
+        except BaseException:
+            store.close()
+            raise
         service = ConnectionService(config, host, store, box)
         return cls(config, host, store, box, service, state, create)
 
@@ -99,6 +105,27 @@ class Runtime:
         self.store.close()
 
 
+def open_state_store(config: Config, state: StateKind = "existing", migrate: bool = True) -> SQLStore:
+    """The store ``[state] url`` names: PostgreSQL, or the SQLite file in data_dir
+    (an empty one in memory where there is no state and none may be created)."""
+    if config.shared_state:
+        from mailpipe.connections.store_postgres import PostgresStore  # psycopg only where it is used
+
+        return PostgresStore(config.state.url, migrate=migrate)
+    return SQLiteStore(EMPTY_STORE if state == "none" else config.state_db, migrate=migrate)
+
+
+def _state_exists(config: Config) -> bool:
+    """Whether this node has its state. With a shared (PostgreSQL) store the
+    database is the cluster's; what a node brings into being is its own
+    secret key, so a node that has none is "none" and the commands that may
+    create state (``connections add``) make it there, checked against the
+    key the cluster's secrets were written with."""
+    if config.shared_state:
+        return _key_exists(config)
+    return config.state_db.exists()
+
+
 def config_file(config: Config) -> str | None:
     """The absolute path of the config file, or None for the embedded default."""
     if config.source == "embedded default":
@@ -108,7 +135,7 @@ def config_file(config: Config) -> str | None:
 
 def state_context(config: Config, state: StateKind | None = None) -> dict[str, Any]:
     if state is None:
-        state = "existing" if config.state_db.exists() else "none"
+        state = "existing" if _state_exists(config) else "none"
     return {"config": config_file(config), "data_dir": str(config.data_dir.resolve()), "state": state}
 
 

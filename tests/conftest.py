@@ -8,15 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import write_config
+from tests.support.helpers import state_url_toml, write_config
 
 from tests.support.example_plugin import example_installed  # noqa: F401  (session fixture)
 from tests.support.peers.fixtures import *  # noqa: F401,F403,E402  (dovecot, moto_s3, certs, ...)
 
 
 @pytest.fixture
-def config_path(tmp_path: Path) -> Path:
-    """A config in a fresh directory: data in tmp/data, archive in tmp/archive."""
+def config_path(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A config in a fresh directory: data in tmp/data, archive in tmp/archive.
+
+    The state store is the SQLite file in data; a test marked
+    ``@helpers.BOTH_STORES`` runs once with it and once with a fresh
+    PostgreSQL database (``[state] url``)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return write_config(tmp_path, extra=state_url_toml(request.getfixturevalue("postgres_url")))
     return write_config(tmp_path)
 
 

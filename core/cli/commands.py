@@ -53,6 +53,9 @@ def register_account_commands(commands: Any, common: argparse.ArgumentParser) ->
     from mailpipe.cli.accounts import register
 
     register(commands, common, _actions)
+    from mailpipe.cli.state import register as register_state
+
+    register_state(commands, common, _actions)
 
 
 def _actions(commands: Any, common: argparse.ArgumentParser, name: str, help_text: str) -> Any:

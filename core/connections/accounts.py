@@ -56,7 +56,7 @@ class AccountService:
     def users(self) -> list[dict[str, Any]]:
         rows = self.store.query("SELECT name, role, created, updated FROM users ORDER BY name")
         for row in rows:
-            row["tokens"] = len(self.store.query("SELECT id FROM tokens WHERE user = ?", (row["name"],)))
+            row["tokens"] = len(self.store.query('SELECT id FROM tokens WHERE "user" = ?', (row["name"],)))
         return rows
 
     def has_users(self) -> bool:
@@ -109,7 +109,7 @@ class AccountService:
             raise MailpipeError(
                 f"{name!r} is the last admin; add another admin first (`mailpipe users add NAME --role admin`)"
             )
-        self.store.execute("DELETE FROM tokens WHERE user = ?", (name,))
+        self.store.execute('DELETE FROM tokens WHERE "user" = ?', (name,))
         self.store.execute("DELETE FROM users WHERE name = ?", (name,))
         self.audit.record(actor, "user.delete", f"user:{name}", before={"name": name, "role": before["role"]})
         return before
@@ -133,9 +133,9 @@ class AccountService:
     # --- tokens -------------------------------------------------------------
 
     def tokens(self, user: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT id, user, name, created, last_used AS last_used_at FROM tokens"
+        sql = 'SELECT id, "user", name, created, last_used AS last_used_at FROM tokens'
         if user:
-            return self.store.query(sql + " WHERE user = ? ORDER BY created, id", (user,))
+            return self.store.query(sql + ' WHERE "user" = ? ORDER BY created, id', (user,))
         return self.store.query(sql + " ORDER BY created, id")
 
     def create_token(self, user: str, name: str, actor: Actor) -> tuple[dict[str, Any], str]:
@@ -144,7 +144,7 @@ class AccountService:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = "t" + secrets.token_hex(5)
         self.store.execute(
-            "INSERT INTO tokens (id, user, name, token_hash, created) VALUES (?,?,?,?,?)",
+            'INSERT INTO tokens (id, "user", name, token_hash, created) VALUES (?,?,?,?,?)',
             (token_id, user, name or token_id, hash_token(token), utc_now()),
         )
         record = next(t for t in self.tokens() if t["id"] == token_id)
@@ -164,8 +164,8 @@ class AccountService:
             return None
         digest = hash_token(token)
         found = self.store.query(
-            "SELECT t.id, t.name, t.token_hash, u.name AS user, u.role FROM tokens t"
-            " JOIN users u ON u.name = t.user WHERE t.token_hash = ?",
+            'SELECT t.id, t.name, t.token_hash, u.name AS "user", u.role FROM tokens t'
+            ' JOIN users u ON u.name = t."user" WHERE t.token_hash = ?',
             (digest,),
         )
         if not found or not hmac.compare_digest(found[0]["token_hash"], digest):

@@ -2,25 +2,33 @@
 
 Connection changes made by the CLI or the HTTP API (another process, or
 another node) reach every serving process through the store's revision
-counter: :func:`watch_connections` polls it every ``WATCH_INTERVAL`` seconds
-and refreshes the directory when it moved. The master process and every SMTP
-worker process run the same loop.
+counter: :func:`watch_connections` waits for it to move (``next_revision``:
+SQLite polls it every 0.2 s, PostgreSQL wakes the loop by LISTEN/NOTIFY) and
+refreshes the directory. The master process and every SMTP worker process
+run the same loop.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import anyio
 import anyio.to_thread
 
+from mailpipe.connections.store import StateStoreError
 from mailpipe.types import Connection
 
 if TYPE_CHECKING:
     from mailpipe.connections.service import ConnectionService
     from mailpipe.connections.store import ConnectionStore
 
-WATCH_INTERVAL = 0.2
+log = logging.getLogger("mailpipe.server")
+
+#: The longest one wait for a change lasts (a bound, not a poll interval:
+#: the store's wait_for_change returns as soon as the revision moves).
+WATCH_WAIT_SECONDS = 1.0
 
 
 class ConnectionDirectory:
@@ -45,9 +53,32 @@ class ConnectionDirectory:
 
 def read_connections(store: "ConnectionStore", service: "ConnectionService") -> tuple[list[Connection], int]:
     """Every connection and the revision they were read at (revision first: a
-    change made while reading is seen again on the next poll)."""
+    change made while reading is seen again on the next wait)."""
     revision = store.revision()
     return service.list(), revision
+
+
+@contextlib.contextmanager
+def store_outage_logged() -> Iterator[None]:
+    """A read the store could not answer is logged, not fatal: the next change retries it."""
+    try:
+        yield
+    except StateStoreError as error:
+        log.warning("state store unavailable; serving the connections as last read", extra={"error": str(error)})
+
+
+async def next_revision(store: Any, seen: int) -> int:
+    """The store's revision once it moved past ``seen`` (or after WATCH_WAIT_SECONDS).
+    The waiting thread is abandoned on cancellation: shutdown does not wait for it.
+
+    A state store that is down (PostgreSQL restarting) does not stop the
+    node: it keeps serving the connections as last read, and says so."""
+    with store_outage_logged():
+        return int(await anyio.to_thread.run_sync(
+            store.wait_for_change, seen, WATCH_WAIT_SECONDS, abandon_on_cancel=True
+        ))
+    await anyio.sleep(WATCH_WAIT_SECONDS)
+    return seen
 
 
 async def watch_connections(
@@ -59,11 +90,11 @@ async def watch_connections(
     """Until cancelled: when the store's revision moves, refresh ``directory``
     (or call ``refresh``, which must do it) so that the change takes effect."""
     while True:
-        await anyio.sleep(WATCH_INTERVAL)
-        revision = await anyio.to_thread.run_sync(store.revision)
+        revision = await next_revision(store, directory.revision)
         if revision == directory.revision:
             continue
-        if refresh is not None:
-            await refresh()
-        else:
-            directory.replace(*await anyio.to_thread.run_sync(read_connections, store, service))
+        with store_outage_logged():
+            if refresh is not None:
+                await refresh()
+            else:
+                directory.replace(*await anyio.to_thread.run_sync(read_connections, store, service))

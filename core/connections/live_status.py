@@ -211,7 +211,7 @@ def _merge(into: _Pending, older: _Pending) -> None:
 def _write(db: sqlite3.Connection, pending: dict[str, _Pending], changes: list[tuple[str, str, str]]) -> bool:
     now = utc_now()
     for connection_id, note in pending.items():
-        db.execute("INSERT OR IGNORE INTO live (connection_id) VALUES (?)", (connection_id,))
+        db.execute("INSERT INTO live (connection_id) VALUES (?) ON CONFLICT DO NOTHING", (connection_id,))
         if note.last_message_at:
             db.execute(
                 "UPDATE live SET last_message_at = ? WHERE connection_id = ?", (note.last_message_at, connection_id)
@@ -219,7 +219,7 @@ def _write(db: sqlite3.Connection, pending: dict[str, _Pending], changes: list[t
         for hour, count in note.archived.items():
             db.execute(
                 "INSERT INTO live_archived (connection_id, hour, count) VALUES (?, ?, ?)"
-                " ON CONFLICT(connection_id, hour) DO UPDATE SET count = count + excluded.count",
+                " ON CONFLICT(connection_id, hour) DO UPDATE SET count = live_archived.count + excluded.count",
                 (connection_id, hour, count),
             )
         if note.status is not None:
@@ -236,7 +236,7 @@ def _write(db: sqlite3.Connection, pending: dict[str, _Pending], changes: list[t
     db.execute("DELETE FROM live_archived WHERE hour < ?", (oldest,))
     db.execute(
         "INSERT INTO state (key, value) VALUES (?, '1')"
-        " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        " ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(state.value AS INTEGER) + 1 AS TEXT)",
         (WRITES_KEY,),
     )
     return bool(changes)

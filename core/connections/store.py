@@ -1,21 +1,35 @@
-"""Connection and state storage: SQLite in the data dir, behind a small interface.
+"""The state store: connections, live status, accounts, tokens, the audit log.
 
-The interface (``ConnectionStore``) is what the service and the server use;
-the SQLite class is the embedded default. A distributed deployment swaps in
-a key-value store (NATS JetStream buckets) with the same methods.
+One interface (``SQLStore``: the connection methods plus plain
+``execute/query/transaction`` SQL helpers) above two backends: the embedded
+SQLite file in the data dir (the default) and PostgreSQL
+(mailpipe.connections.store_postgres, ``[state] url = "postgresql://…"``) for several
+nodes sharing one control plane. Both run the same ``MIGRATIONS``, written
+in portable SQL with ``?`` placeholders; the PostgreSQL backend translates
+the few differences in one place (``store_postgres.translate``).
 
-Every change bumps a revision number so a running server notices an edit
-made by the CLI in another process by polling one integer.
+The schema version is a row in ``schema_version``; a store whose schema is
+newer than this code's migrations is refused (``SchemaTooNew``) instead of
+being written to by code that does not know its tables.
+
+Every change to a connection bumps a revision number; a running server
+notices a change made elsewhere (the CLI, another node) through
+``wait_for_change``: SQLite polls the integer, PostgreSQL is woken by
+LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
+
+from mailpipe.errors import MailpipeError
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: connections, a revision counter and collector state
@@ -48,7 +62,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE tokens (
         id TEXT PRIMARY KEY,
-        user TEXT NOT NULL,
+        "user" TEXT NOT NULL,
         name TEXT NOT NULL,
         token_hash TEXT NOT NULL UNIQUE,
         created TEXT NOT NULL,
@@ -94,6 +108,45 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+#: How often the SQLite backend reads the revision while waiting for a change.
+POLL_SECONDS = 0.2
+
+SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+)
+
+
+class StateStoreError(MailpipeError):
+    """The state store cannot be used as configured (unreachable, or not this code's schema)."""
+
+
+class SchemaTooNew(StateStoreError):
+    pass
+
+
+class Cursor(Protocol):
+    """What a statement run inside ``transaction`` returns (a DB-API cursor)."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Transaction(Protocol):
+    """The handle ``transaction(work)`` gives ``work``: ``?`` placeholders;
+    rows are indexable by position and by column name."""
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Cursor: ...
+
+
+@dataclass(frozen=True)
+class Migrated:
+    before: int
+    after: int
+    latest: int
+
+
 @dataclass
 class StoredConnection:
     """A row as stored: secret settings still encrypted."""
@@ -118,52 +171,103 @@ class ConnectionStore(Protocol):
     def get(self, connection_id: str) -> StoredConnection | None: ...
     def list(self) -> list[StoredConnection]: ...
     def revision(self) -> int: ...
+    def wait_for_change(self, seen: int, timeout: float) -> int: ...
     def get_state(self, key: str) -> Any: ...
     def set_state(self, key: str, value: Any) -> None: ...
 
 
-class SQLiteStore:
-    """Thread-safe SQLite store (one connection, one lock, WAL journal)."""
+class SQLStore:
+    """The store's methods, written once over four primitives a backend
+    provides: ``_begin`` (a write transaction, serialised with other
+    writers), ``_read`` (rows as dicts), ``_bump_revision`` and ``close``."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+    #: Where this store lives, for messages (a path or a URL without password).
+    location: str = ""
 
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {number}")
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+    # --- what a backend provides ----------------------------------------------
+
+    def _begin(self) -> contextlib.AbstractContextManager[Transaction]:
+        raise NotImplementedError
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _bump_revision(self, db: Transaction) -> None:
+        db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
+
+    def _lock_schema(self, db: Transaction) -> None:
+        """Keep other nodes out while this one migrates (PostgreSQL; SQLite's write lock already does)."""
+
+    def _serialise(self, db: Transaction) -> None:
+        """Make ``transaction`` run alone among writers, as SQLite's BEGIN IMMEDIATE does,
+        so that a read-check-write in it means the same on every backend."""
+
+    def _legacy_version(self, db: Transaction) -> int:
+        return 0
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        raise NotImplementedError
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """The revision, once it differs from ``seen`` or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            revision = self.revision()
+            if revision != seen or time.monotonic() >= deadline:
+                return revision
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    # --- schema -----------------------------------------------------------------
+
+    def migrate(self) -> Migrated:
+        """Apply the migrations this store lacks, each in its own transaction
+        (idempotent); refuse a schema newer than this code."""
+        latest = len(MIGRATIONS)
+        before = self._schema_version(latest)
+        version = before
+        while version < latest:
+            with self._begin() as db:
+                self._lock_schema(db)
+                version = self._current_version(db)  # another node may have migrated meanwhile
+                if version < latest:
+                    for statement in MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    version += 1
+                    db.execute("UPDATE schema_version SET version = ? WHERE id = 1", (version,))
+        return Migrated(before, version, latest)
+
+    def schema_version(self) -> int:
+        return self._schema_version(len(MIGRATIONS))
+
+    def _schema_version(self, latest: int) -> int:
+        with self._begin() as db:
+            self._lock_schema(db)
+            db.execute(SCHEMA_TABLE)
+            version = self._current_version(db)
+        if version > latest:
+            raise SchemaTooNew(
+                f"the state store {self.location} has schema version {version}, newer than this mailpipe "
+                f"knows (version {latest}): a newer mailpipe has migrated it; upgrade mailpipe on this "
+                "node to that release (never point an older release at a migrated store)"
+            )
+        return version
+
+    def _current_version(self, db: Transaction) -> int:
+        found = db.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+        if found is not None:
+            return int(found[0])
+        version = self._legacy_version(db)
+        db.execute("INSERT INTO schema_version (id, version) VALUES (1, ?)", (version,))
+        return version
+
+    # --- connections ------------------------------------------------------------
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> int:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                count = self._db.execute(sql, params).rowcount
-                if count:
-                    self._db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._begin() as db:
+            count = db.execute(sql, params).rowcount
+            if count:
+                self._bump_revision(db)
         return count
 
     def insert(self, row: StoredConnection) -> None:
@@ -184,66 +288,83 @@ class SQLiteStore:
         return self._write("DELETE FROM connections WHERE id = ?", (connection_id,)) > 0
 
     def get(self, connection_id: str) -> StoredConnection | None:
-        with self._lock:
-            found = self._db.execute(
-                "SELECT * FROM connections WHERE id = ?", (connection_id,)
-            ).fetchone()
-        return _row(found) if found else None
+        found = self._read("SELECT * FROM connections WHERE id = ?", (connection_id,))
+        return _row(found[0]) if found else None
 
     def list(self) -> list[StoredConnection]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM connections ORDER BY created, id").fetchall()
-        return [_row(r) for r in rows]
+        return [_row(r) for r in self._read("SELECT * FROM connections ORDER BY created, id", ())]
 
     def revision(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0])
+        return int(self._read("SELECT value FROM revision WHERE id = 1", ())[0]["value"])
 
     def get_state(self, key: str) -> Any:
-        with self._lock:
-            found = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return json.loads(found[0]) if found else None
+        found = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return json.loads(found[0]["value"]) if found else None
 
     def set_state(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO state (key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
-            )
-
+        self.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
 
     # --- plain SQL for the accounts and audit tables (mailpipe.connections.accounts, mailpipe.connections.audit) ---
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One write in its own transaction; the number of rows it changed.
         Accounts and the audit log do not bump the connections' revision."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                count = self._db.execute(sql, params).rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return count
+        with self._begin() as db:
+            return int(db.execute(sql, params).rowcount)
 
-    def transaction(self, work: Callable[[sqlite3.Connection], bool]) -> None:
-        """Run ``work`` in one write transaction; it returns True when it
+    def transaction(self, work: Callable[[Transaction], bool]) -> None:
+        """Run ``work`` in one write transaction, alone among the store's
+        multi-statement writers (on every node); it returns True when it
         changed a connection row (the revision is bumped then)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if work(self._db):
-                    self._db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._begin() as db:
+            self._serialise(db)
+            if work(db):
+                self._bump_revision(db)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return self._read(sql, params)
+
+
+class SQLiteStore(SQLStore):
+    """Thread-safe SQLite store (one connection, one lock, WAL journal)."""
+
+    def __init__(self, path: Path, migrate: bool = True) -> None:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.location = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        if migrate:
+            self.migrate()
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Transaction]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+
+    def _legacy_version(self, db: Transaction) -> int:
+        # Before the schema_version table, SQLite kept the version in its header.
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 def _params(row: StoredConnection) -> tuple[Any, ...]:
@@ -262,7 +383,7 @@ def _params(row: StoredConnection) -> tuple[Any, ...]:
     )
 
 
-def _row(found: sqlite3.Row) -> StoredConnection:
+def _row(found: Any) -> StoredConnection:
     return StoredConnection(
         id=found["id"],
         type=found["type"],

@@ -6,9 +6,10 @@ pipeline process (mailpipe.server.pipeline_process; with ``[pipeline] own_proces
 = false`` the pipeline runs here instead). With ``--workers N`` (N > 1) the
 SMTP listener moves to N worker processes (mailpipe.server.smtp_workers).
 
-Connection changes made by the CLI (another process) reach the running
-server through the store's revision counter, polled every
-``WATCH_INTERVAL`` seconds: a disabled or deleted connection stops
+Connection changes made by the CLI (another process) or another node reach
+the running server through the store's revision counter
+(``next_revision``: SQLite polls it every 0.2 s, PostgreSQL wakes the
+watch loop by LISTEN/NOTIFY): a disabled or deleted connection stops
 accepting or collecting, an enabled one starts, without a restart.
 
 One server per data_dir (an flock on ``data_dir/serve.lock``). SIGHUP

@@ -19,6 +19,7 @@ from typing import Any
 from tests.support.peers.process import free_port as free_port  # tests import it from here
 
 import anyio
+import pytest
 
 from mailpipe.errors import MessageRejected
 from mailpipe.spool.queue import SpooledMessage
@@ -43,6 +44,26 @@ def write_config(directory: Path, extra: str = "", smtp_port: int | None = None,
     path = directory / "mailpipe.toml"
     path.write_text(text)
     return path
+
+
+#: Runs a test that takes ``config_path`` on both state stores (see conftest.config_path).
+BOTH_STORES = pytest.mark.parametrize("config_path", ["sqlite", "postgresql"], indirect=True)
+
+
+def state_url_toml(url: str) -> str:
+    return f'[state]\nurl = "{url}"\n'
+
+
+def state_rows(config_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of the state store ``config_path`` names (SQLite or PostgreSQL), read directly."""
+    from mailpipe.config import load_config
+    from mailpipe.runtime import open_state_store
+
+    store = open_state_store(load_config(config_path), migrate=False)
+    try:
+        return store.query(sql, params)
+    finally:
+        store.close()
 
 
 def smtp_port_of(config_path: Path) -> int:

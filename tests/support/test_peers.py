@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import imaplib
+import os
+import pwd
 import socket
 import ssl
 
@@ -11,6 +13,7 @@ import pytest
 
 from tests.support.peers.certs import CertBundle
 from tests.support.peers.dovecot import Dovecot
+from tests.support.peers.postgres import Postgres
 from tests.support.peers.require import REQUIRE_PEERS_ENV, peer_missing
 from tests.support.peers.s3 import MotoS3
 
@@ -217,3 +220,17 @@ def test_moto_pause_hangs(moto_s3: MotoS3) -> None:
         with pytest.raises(botocore.exceptions.ReadTimeoutError):
             impatient.list_buckets()
     assert impatient.list_buckets()["Buckets"] == []
+
+
+def test_postgres_runs_unprivileged_and_counts_statements(postgres: Postgres) -> None:
+    import psycopg
+
+    first, second = postgres.create_database(), postgres.create_database()
+    with psycopg.connect(first, autocommit=True) as connection:
+        before = postgres.statements(first)
+        for number in range(3):
+            connection.execute("SELECT %s", (number,))
+    assert postgres.statements(first) == before + 3
+    assert postgres.statements(second) == 0  # each test's database is its own
+    if os.geteuid() == 0:  # PostgreSQL refuses root: the fixture runs it as another user
+        assert pwd.getpwuid(os.stat(postgres.data).st_uid).pw_name != "root"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import cli
+from tests.support.helpers import BOTH_STORES, cli
 
 O365 = ["--set", "undeliverable_journal_address=journal-ndr@customer.example"]
 
@@ -16,6 +15,7 @@ def connection_count(config: Path) -> int:
     return len(cli(config, "connections", "list", check=True).json["connections"])
 
 
+@BOTH_STORES
 def test_full_lifecycle(config_path: Path) -> None:
     added = cli(config_path, "connections", "add", "smtp_o365", "--description", "Office 365", *O365, check=True).json
     assert added["enabled"] is False
@@ -48,6 +48,7 @@ def test_full_lifecycle(config_path: Path) -> None:
     assert connection_count(config_path) == 0
 
 
+@BOTH_STORES
 def test_addresses_are_unique(config_path: Path) -> None:
     addresses = {
         cli(config_path, "connections", "add", "smtp_o365", "--description", str(i), *O365, check=True).json["address"]
@@ -84,6 +85,7 @@ def test_bad_input_is_named_and_nothing_is_written(config_path: Path, args: list
     assert connection_count(config_path) == 0
 
 
+@BOTH_STORES
 def test_bad_edit_changes_nothing(config_path: Path) -> None:
     added = cli(config_path, "connections", "add", "smtp_exchange", "--description", "ex",
                 "--set", "sender_servers=127.0.0.2/32", check=True).json
@@ -123,9 +125,3 @@ def test_errors_without_json_are_plain_sentences(config_path: Path) -> None:
 def test_missing_config_file_is_explained(tmp_path: Path) -> None:
     result = cli(tmp_path / "nope.toml", "connections", "list")
     assert result.code == 1 and "does not exist" in result.err and "Traceback" not in result.err
-
-
-def test_the_store_has_a_schema_version(config_path: Path) -> None:
-    cli(config_path, "connections", "add", "smtp_o365", "--description", "x", *O365, check=True)
-    database = sqlite3.connect(config_path.parent / "data" / "mailpipe.db")
-    assert database.execute("PRAGMA user_version").fetchone()[0] >= 1

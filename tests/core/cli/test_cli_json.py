@@ -85,6 +85,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "tokens revoke ID": ["tokens", "revoke", old_token],
         "users delete NAME": ["users", "delete", "bob"],
         "audit list": ["audit", "list"],
+        "state migrate": ["state", "migrate"],
     }
     documented_json = {heading for heading, example in documented().items() if example is not None}
     assert documented_json == set(runs), "every documented JSON example is checked against a real run"

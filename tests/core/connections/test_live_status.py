@@ -9,12 +9,11 @@ about once a second, not once per message.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from tests.support.helpers import cli, wait_until
+from tests.support.helpers import BOTH_STORES, cli, state_rows, wait_until
 from tests.support.imap import add_imap_connection, make_message
 from tests.support.peers.dovecot import Dovecot
 from tests.support.smtp import SmtpSetup, make_setup, send
@@ -31,9 +30,8 @@ def show(config: Path, connection_id: str) -> dict[str, Any]:
 
 def live_writes(config: Path) -> int:
     """How many times the live-status aggregators wrote to the state store."""
-    with sqlite3.connect(config.parent / "data" / "mailpipe.db") as db:
-        found = db.execute("SELECT value FROM state WHERE key = ?", (WRITES_KEY,)).fetchone()
-    return int(found[0]) if found else 0
+    found = state_rows(config, "SELECT value FROM state WHERE key = ?", (WRITES_KEY,))
+    return int(found[0]["value"]) if found else 0
 
 
 def send_many(setup: SmtpSetup, count: int, tag: str) -> None:
@@ -118,6 +116,7 @@ def test_a_required_sink_down_turns_red_and_green_when_mail_is_archived_again(jo
     assert green["last_error"].startswith("sink filesystem")  # kept for the record
 
 
+@BOTH_STORES
 def test_imap_password_changed_under_a_running_collector(
     config_path: Path, dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.support.helpers import BOTH_STORES, state_rows
 from mailpipe import hookimpl
 from mailpipe.config import load_config
 from mailpipe.connections.service import ConnectionService
 from mailpipe.errors import SecretKeyError
 from mailpipe.plugin_host import PluginHost
 from mailpipe.connections.secrets import MASK, SecretBox
-from mailpipe.connections.store import SQLiteStore
+from mailpipe.runtime import open_state_store
 from mailpipe.types import CollectContext, Connection, ConnectionType, Setting
 
 pytestmark = pytest.mark.anyio
@@ -32,21 +34,36 @@ class VaultType:
                                collect=_collect_nothing)]
 
 
+_opened: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_stores() -> Iterator[None]:
+    """The stores service_for opened are closed after each test (a PostgreSQL pool has threads)."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def service_for(config_path: Path) -> ConnectionService:
     config = load_config(config_path)
     host = PluginHost()
     host.register(VaultType(), "vault")
     host.collect_registrations()
-    return ConnectionService(config, host, SQLiteStore(config.state_db), SecretBox.for_data_dir(config.data_dir))
+    store = open_state_store(config)
+    _opened.append(store)
+    return ConnectionService(config, host, store, SecretBox.for_data_dir(config.data_dir))
 
 
+@BOTH_STORES
 async def test_password_is_encrypted_at_rest_and_masked(config_path: Path) -> None:
     service = service_for(config_path)
     connection = await service.add("vault", "v", {"user": "u", "password": PASSWORD})
     assert connection.settings["password"] == PASSWORD  # plugins get the real value
     assert service.public(connection)["settings"] == {"user": "u", "password": MASK}
     data_dir = config_path.parent / "data"
-    raw = sqlite3.connect(data_dir / "mailpipe.db").execute("SELECT settings FROM connections").fetchone()[0]
+    [row] = state_rows(config_path, "SELECT settings FROM connections")
+    raw = row["settings"]
     assert PASSWORD not in raw and "enc:v1:" in raw
     for file in data_dir.rglob("*"):
         if file.is_file():
@@ -58,6 +75,7 @@ async def test_password_is_encrypted_at_rest_and_masked(config_path: Path) -> No
     assert edited.settings["password"] == PASSWORD
 
 
+@BOTH_STORES
 async def test_key_from_environment(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPIPE_SECRET_KEY", Fernet.generate_key().decode())
     service = service_for(config_path)

@@ -39,6 +39,12 @@ Fixtures and what they yield:
     tcp``, ``send-proxy-v2`` to each node): ``haproxy([(host, port), ...])
     .start()``; stopped after the test.  Skips (or fails) without
     /usr/sbin/haproxy.
+``postgres`` (session)
+    a started :class:`peers.postgres.Postgres` (Debian's PostgreSQL 15, run
+    as an unprivileged user). Skips (or, with MAILPIPE_REQUIRE_PEERS=1,
+    fails) when the binaries are absent.
+``postgres_url`` (function)
+    the URL of a new, empty database on ``postgres``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import importlib.util
 import itertools
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +62,7 @@ import pytest
 from .certs import CertBundle, make_certs, make_untrusted_cert
 from .dovecot import DOVECOT_BINARY, Dovecot, DovecotError
 from .haproxy import haproxy
+from .postgres import PG_BIN, Postgres, PostgresError
 from .require import peer_missing
 from .s3 import DUMMY_CREDENTIALS, MotoError, MotoS3
 
@@ -66,6 +74,8 @@ __all__ = [
     "haproxy",
     "moto_s3",
     "moto_s3_server",
+    "postgres",
+    "postgres_url",
     "private_dovecot",
     "untrusted_certs",
 ]
@@ -161,3 +171,26 @@ def moto_s3(moto_s3_server: MotoS3, aws_credentials: dict[str, str]) -> Iterator
     moto_s3_server.reset()
     yield moto_s3_server
     moto_s3_server.start()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    if not (PG_BIN / "postgres").exists():
+        peer_missing(f"{PG_BIN}/postgres is not installed (Debian: apt-get install postgresql)")
+    if importlib.util.find_spec("psycopg") is None:
+        peer_missing("psycopg is not installed (pip install 'psycopg[binary,pool]')")
+    server = Postgres()
+    try:
+        server.start()
+    except (PostgresError, OSError, subprocess.SubprocessError) as error:
+        server.close()
+        peer_missing(f"postgres did not start: {error}")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.create_database()
