@@ -264,6 +264,17 @@ class HttpConfig(_Section):
         return self
 
 
+class ClusterConfig(_Section):
+    """Several ``mailpipe serve`` nodes on one state store (mailpipe.leases)."""
+
+    # How long a node's hold on a connection's collector lasts without a
+    # renewal (renewed every third of it): how long a dead node's mailboxes
+    # wait before another node takes them over.
+    lease_seconds: float = Field(
+        30.0, ge=1, le=3600, description="seconds as a number from 1 to 3600, e.g. 30"
+    )
+
+
 class SinkTable(BaseModel):
     """The host's keys of a ``[[sinks]]`` table; the others go to the sink type."""
 
@@ -285,6 +296,7 @@ class ConfigFile(BaseModel):
     plugins: PluginsConfig = PluginsConfig()
     spool: SpoolConfig = SpoolConfig()
     http: HttpConfig = HttpConfig()
+    cluster: ClusterConfig = ClusterConfig()
     sinks: list[SinkTable] | None = None
 
 
@@ -295,6 +307,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "plugins": PluginsConfig,
     "spool": SpoolConfig,
     "http": HttpConfig,
+    "cluster": ClusterConfig,
     "sinks": SinkTable,
 }
 
@@ -313,6 +326,7 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     spool: SpoolConfig = SpoolConfig()
     http: HttpConfig = HttpConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @property
     def spool_dir(self) -> Path:
@@ -382,6 +396,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         group=checked.server.group,
         raw=raw,
         spool=checked.spool,
+        cluster=checked.cluster,
         http=checked.http.model_copy(update={
             key: str(_path(base, getattr(checked.http, key))) for key in ("tls_cert", "tls_key")
             if getattr(checked.http, key)

@@ -11,6 +11,11 @@ server through the store's revision counter, polled every
 ``WATCH_INTERVAL`` seconds: a disabled or deleted connection stops
 accepting or collecting, an enabled one starts, without a restart.
 
+A pull collector runs only while this node holds the connection's lease
+(mailpipe.leases): with one node it always does; with several nodes on one
+state store, each connection is collected by one of them at a time, and
+the collector's context is fenced with the lease's token.
+
 One server per data_dir (an flock on ``data_dir/serve.lock``). SIGHUP
 reloads what can change without a restart (mailpipe.reload); under systemd
 (``NOTIFY_SOCKET``) the server reports READY/RELOADING/STOPPING
@@ -34,6 +39,7 @@ from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
 from mailpipe import sd_notify
 from mailpipe.errors import MailpipeError
+from mailpipe.leases import Lease, LeaseKeeper, LeaseTable, lease_lost, node_home, node_id
 from mailpipe.live_status import LIVE
 from mailpipe.metrics import METRICS
 from mailpipe.group_commit import GroupCommitter
@@ -81,12 +87,25 @@ class Server:
     collectors: dict[str, _RunningCollector] = field(default_factory=dict)
     started: anyio.Event = field(default_factory=anyio.Event)
     committer: GroupCommitter | None = None
+    leases: LeaseKeeper | None = None
+
+    def lease_keeper(self) -> LeaseKeeper:
+        if self.leases is None:
+            config = self.runtime.config
+            table = LeaseTable(
+                self.runtime.store, node_id(), node_home(config.data_dir), config.cluster.lease_seconds
+            )
+            table.release_left_behind()
+            self.leases = LeaseKeeper(table)
+        return self.leases
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         runtime = self.runtime
         try:
             async with anyio.create_task_group() as group:
                 await self._start_pipeline(group)
+                # Before any collector starts: frees what a killed predecessor held.
+                await anyio.to_thread.run_sync(self.lease_keeper)
                 await self._refresh(group)
                 group.start_soon(self._watch, group)
                 self._start_push_listeners(group)
@@ -179,13 +198,19 @@ class Server:
 
     async def _collect(self, connection: Connection, scope: CancelScope) -> None:
         with scope:
-            log.info("starting collector", extra={"connection": connection.id, "type": connection.type})
-            await _keep_running(
-                lambda: self.runtime.host.collect(connection, self.collect_context(connection)),
-                "collector",
-                {"connection": connection.id},
-                on_error=lambda error: self._collector_failed(connection, error),
-            )
+            await self.lease_keeper().hold(connection.id, lambda lease: self._collect_leased(connection, lease))
+
+    async def _collect_leased(self, connection: Connection, lease: Lease) -> None:
+        log.info(
+            "starting collector",
+            extra={"connection": connection.id, "type": connection.type, "fencing_token": lease.token},
+        )
+        await _keep_running(
+            lambda: self.runtime.host.collect(connection, self.collect_context(connection, lease)),
+            "collector",
+            {"connection": connection.id},
+            on_error=lambda error: self._collector_failed(connection, error),
+        )
 
     @staticmethod
     def _collector_failed(connection: Connection, error: Exception) -> None:
@@ -210,7 +235,8 @@ class Server:
             {"type": connection_type.name},
         )
 
-    def collect_context(self, connection: Connection) -> CollectContext:
+    def collect_context(self, connection: Connection, lease: Lease | None = None) -> CollectContext:
+        """The context of ``connection``'s collector; fenced with ``lease`` when given."""
         store = self.runtime.store
         if self.committer is None:
             self.committer = GroupCommitter(self.runtime.spool)
@@ -247,7 +273,7 @@ class Server:
         async def set_state(key: str, value: Any) -> None:
             await anyio.to_thread.run_sync(store.set_state, f"{connection.id}:{key}", value)
 
-        return CollectContext(
+        context = CollectContext(
             spool_bytes=spool_bytes,
             spool_chunks=spool_chunks,
             get_state=get_state,
@@ -255,6 +281,22 @@ class Server:
             find_connection=lambda cid: self.directory.by_id.get(cid),
             log=logging.LoggerAdapter(log, {"connection": connection.id}),
         )
+        return context if lease is None else self._fenced(context, lease)
+
+    def _fenced(self, context: CollectContext, lease: Lease) -> CollectContext:
+        keeper = self.lease_keeper()
+        connection_id = lease.connection_id
+
+        async def set_state(key: str, value: Any) -> None:
+            await anyio.to_thread.run_sync(keeper.table.set_state_fenced, lease, f"{connection_id}:{key}", value)
+
+        async def check_lease() -> None:
+            await keeper.check(lease)
+
+        context.set_state = set_state
+        context.check_lease = check_lease
+        context.fencing_token = lease.token
+        return context
 
 
 async def _keep_running(
@@ -271,6 +313,8 @@ async def _keep_running(
             await run()
             log.warning(f"{what} returned; restarting", extra=extra)
         except Exception as error:
+            if lease_lost(error):
+                raise  # not a failure to retry: another node collects now (mailpipe.leases)
             on_error(error)
             log.error(f"{what} failed; restarting", extra={**extra, "error": str(error), "retry_in_seconds": delay})
         await anyio.sleep(delay)

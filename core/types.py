@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Literal, P
 
 # The sink contract's two failures, importable beside the Sink protocol.
 from mailpipe.errors import MessageRejected, SinkUnavailable  # noqa: F401
+# What a fenced collector context raises once another node collects the connection.
+from mailpipe.errors import LeaseLost  # noqa: F401
 
 if TYPE_CHECKING:
     from mailpipe.spool import SpooledMessage
@@ -302,6 +304,10 @@ class ValidationContext:
     connection_id: str | None = None
 
 
+async def _no_lease() -> None:
+    """``check_lease`` where nothing is leased: always held."""
+
+
 @dataclass
 class CollectContext:
     """Handed to a connection type's ``collect`` (and, per connection, to
@@ -310,6 +316,15 @@ class CollectContext:
     ``spool_bytes(data, metadata)`` and ``spool_file(path, metadata)`` return
     only after the message is durable; only then may the collector flag,
     move or delete it at the source.
+
+    With several nodes, a pull collector runs only on the node that holds
+    the connection's lease (mailpipe.leases), and the context is *fenced*:
+    ``set_state`` raises :class:`LeaseLost` once another node has taken the
+    connection over (the write is refused, so a checkpoint never goes back),
+    and ``await check_lease()`` raises it too: call it before every action
+    at the source (delete, move, flag). Let ``LeaseLost`` propagate; the host
+    stops the collector. ``fencing_token`` is the lease's token (None where
+    there is no lease: push listeners, tests).
     """
 
     spool_bytes: Callable[[bytes, dict[str, Any]], Awaitable[str]]
@@ -318,6 +333,8 @@ class CollectContext:
     set_state: Callable[[str, Any], Awaitable[None]]
     find_connection: Callable[[str], Connection | None]
     log: Any
+    check_lease: Callable[[], Awaitable[None]] = _no_lease
+    fencing_token: int | None = None
 
 
 @dataclass
