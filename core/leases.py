@@ -216,6 +216,16 @@ class LeaseTable:
 
         self.store.transaction(work)
 
+    def taken_elsewhere(self) -> dict[str, float]:
+        """Leases other nodes hold now: connection id → expiry (seconds). One
+        read for every connection, so a node that waits costs one statement
+        per round, not one per mailbox."""
+        rows = self.store.query(
+            "SELECT connection_id, expires_at FROM leases WHERE holder <> ? AND expires_at > ?",
+            (self.holder, _ms(self.clock())),
+        )
+        return {str(row["connection_id"]): int(row["expires_at"]) / 1000 for row in rows}
+
     def current(self, connection_id: str) -> dict[str, Any] | None:
         """The lease row as stored (holder, expires_at in ms, token), or None."""
         rows = self.store.query(
@@ -250,6 +260,9 @@ class LeaseKeeper:
 
     def __init__(self, table: LeaseTable) -> None:
         self.table = table
+        self._elsewhere: dict[str, float] = {}
+        self._elsewhere_read_at = float("-inf")
+        self._elsewhere_lock = anyio.Lock()
 
     @property
     def renew_every(self) -> float:
@@ -279,10 +292,22 @@ class LeaseKeeper:
         if not await anyio.to_thread.run_sync(self.table.holds, lease):
             raise LeaseLost(self.table.lost_text(lease))
 
+    async def _held_elsewhere(self, connection_id: str) -> bool:
+        """Does another node hold it, by a read shared by every waiting connection
+        (at most one per half renewal interval)?"""
+        async with self._elsewhere_lock:
+            if time.monotonic() - self._elsewhere_read_at >= self.renew_every / 2:
+                self._elsewhere = await anyio.to_thread.run_sync(self.table.taken_elsewhere)
+                self._elsewhere_read_at = time.monotonic()
+        return self._elsewhere.get(connection_id, float("-inf")) > self.table.clock()
+
     async def _acquire(self, connection_id: str) -> Lease:
         while True:
             try:
-                lease = await anyio.to_thread.run_sync(self.table.acquire, connection_id)
+                if await self._held_elsewhere(connection_id):
+                    lease = None
+                else:
+                    lease = await anyio.to_thread.run_sync(self.table.acquire, connection_id)
             except Exception as error:  # the store is unreachable: try again, as for a busy lease
                 log.warning(
                     "cannot take a collector lease; trying again",

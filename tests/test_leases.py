@@ -65,6 +65,7 @@ def test_one_holder_at_a_time_and_takeover_after_expiry(store: SQLiteStore, cloc
     assert not a.holds(held)
     assert a.acquire("c1") is None
     assert store.query("SELECT holder, token FROM leases") == [{"holder": "b", "token": 2}]
+    assert a.taken_elsewhere() == {"c1": taken.expires_at} and b.taken_elsewhere() == {}
 
 
 def test_renewing_or_acquiring_again_while_held_keeps_the_token(store: SQLiteStore, clock: Clock) -> None:

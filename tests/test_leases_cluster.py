@@ -108,17 +108,26 @@ def append(dovecot: Dovecot, user: str, first: int, count: int) -> dict[str, byt
     return messages
 
 
+def first_node_collects(
+    node: Node, archive: Path, dovecot: Dovecot, imap_user: tuple[str, str], count: int
+) -> tuple[str, dict[str, bytes]]:
+    """``count`` messages in the mailbox, the connection added, ``node`` started:
+    it takes the lease and collects them. Returns the connection id and the messages."""
+    user, password = imap_user
+    messages = append(dovecot, user, 0, count)
+    connection_id = add_imap_connection(node.config, dovecot, user, password, enable=True)
+    node.start()
+    wait_until(lambda: len(archived(archive, connection_id)) == count and not dovecot.uids(user), WAIT,
+               message=f"{node.name} did not collect the first messages")
+    return connection_id, messages
+
+
 def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
     (node1, node2), shared_db, archive = cluster
-    user, password = fresh_imap_user
-    messages = append(dovecot, user, 0, 5)
-    connection_id = add_imap_connection(node1.config, dovecot, user, password, enable=True)
-
-    node1.start()
-    wait_until(lambda: len(archived(archive, connection_id)) == 5 and not dovecot.uids(user), WAIT,
-               message="node 1 did not collect the first messages")
+    user = fresh_imap_user[0]
+    connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 5)
     node2.start()
     wait_until(lambda: node2.logged("mailpipe is running"), WAIT)
     row = lease_row(shared_db, connection_id)
@@ -160,12 +169,8 @@ def test_a_killed_holder_is_taken_over_and_nothing_is_collected_twice(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
     (node1, node2), shared_db, archive = cluster
-    user, password = fresh_imap_user
-    messages = append(dovecot, user, 0, 5)
-    connection_id = add_imap_connection(node1.config, dovecot, user, password, enable=True)
-
-    node1.start()
-    wait_until(lambda: len(archived(archive, connection_id)) == 5, WAIT)
+    user = fresh_imap_user[0]
+    connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 5)
     node2.start()
     node1.server.kill()  # SIGKILL: no release, the lease runs out
     killed_at = time.monotonic()
@@ -198,11 +203,7 @@ def test_a_restarted_single_node_collects_at_once_after_a_kill(
     (a lease far longer than the wait's bound shows that it did not wait)."""
     (node1, _), shared_db, archive = cluster
     node1.set_lease(3600)
-    user, password = fresh_imap_user
-    append(dovecot, user, 0, 2)
-    connection_id = add_imap_connection(node1.config, dovecot, user, password, enable=True)
-    node1.start()
-    wait_until(lambda: len(archived(archive, connection_id)) == 2, WAIT)
+    connection_id, _ = first_node_collects(node1, archive, dovecot, fresh_imap_user, 2)
     node1.server.kill()
     node1.start()
     wait_until(lambda: node1.logged("collector lease acquired"), WAIT)

@@ -36,8 +36,8 @@ is tried again every ``STORAGE_RETRY_SECONDS``.
 
 With several nodes, the context is fenced by the connection's lease
 (mailpipe.leases): the checkpoint write is refused and ``check_lease()``,
-asked before each pass over new mail and before each ``after_archive``
-batch, raises ``LeaseLost`` once another node collects the mailbox, so a
+asked before each pass over new mail, each fetched batch and each
+``after_archive`` batch, raises ``LeaseLost`` once another node collects the mailbox, so a
 node that wakes up after a pause neither acts on the mailbox nor moves the
 checkpoint back. ``LeaseLost`` is not an interruption: it ends the run.
 """
@@ -266,6 +266,7 @@ class Collector:
                         # Sizes for many batches at once: one round trip instead of one per batch.
                         sizes = await session.fetch_sizes(uids[start : start + SIZES_AHEAD])
                     for work in self._plan(chunk, sizes, checkpoint):
+                        await self.context.check_lease()  # a node woken from a pause fetches no more
                         if isinstance(work, _Large):
                             work.message.chunks = _streamer(session, work.message.uid)
                             await send.send(work)
