@@ -47,6 +47,8 @@ log = logging.getLogger("mailpipe.leases")
 DEFAULT_LEASE_SECONDS = 30.0
 #: Renewals per lease: renewed every third of it, so two may fail before it runs out.
 RENEWALS_PER_LEASE = 3
+#: Connection ids per renewing UPDATE (well below every engine's parameter limit).
+RENEW_CHUNK = 500
 
 _NODE_ID: str | None = None
 
@@ -137,7 +139,7 @@ class LeaseTable:
                 if not taken:
                     return False
             row = db.execute("SELECT token FROM leases WHERE connection_id = ?", (connection_id,)).fetchall()[0]
-            token.append(int(_first(row, "token")))
+            token.append(int(_column(row, "token", 0)))
             return False  # no connection row changed: the revision stays
 
         self.store.transaction(work)
@@ -146,19 +148,39 @@ class LeaseTable:
         return Lease(connection_id, self.holder, token[0], expires)
 
     def renew(self, lease: Lease) -> bool:
-        """Extend a lease still held with the same token; False once it is not."""
+        """Extend a lease still held with the same token; False (and lost) once it is not."""
+        self.renew_all([lease])
+        return not lease.lost
+
+    def renew_all(self, leases: list[Lease]) -> None:
+        """Renew many leases of this node at once (a node renews every lease it
+        holds in one transaction per round, however many mailboxes it collects);
+        each one not renewed is marked lost."""
         now = self.clock()
         expires = now + self.lease_seconds
-        changed = self.store.execute(
-            "UPDATE leases SET expires_at = ?"
-            " WHERE connection_id = ? AND holder = ? AND token = ? AND expires_at > ?",
-            (_ms(expires), lease.connection_id, lease.holder, lease.token, _ms(now)),
-        )
-        if changed:
-            lease.expires_at = expires
-        else:
-            lease.lost = True
-        return bool(changed)
+        renewed: set[tuple[str, int]] = set()
+
+        def work(db: Any) -> bool:
+            for start in range(0, len(leases), RENEW_CHUNK):
+                ids = [lease.connection_id for lease in leases[start : start + RENEW_CHUNK]]
+                marks = ", ".join("?" * len(ids))
+                db.execute(
+                    f"UPDATE leases SET expires_at = ? WHERE holder = ? AND expires_at > ? AND connection_id IN ({marks})",
+                    (_ms(expires), self.holder, _ms(now), *ids),
+                )
+            rows = db.execute(
+                "SELECT connection_id, token FROM leases WHERE holder = ? AND expires_at = ?",
+                (self.holder, _ms(expires)),
+            ).fetchall()
+            renewed.update((str(_column(row, "connection_id", 0)), int(_column(row, "token", 1))) for row in rows)
+            return False
+
+        self.store.transaction(work)
+        for lease in leases:
+            if (lease.connection_id, lease.token) in renewed:
+                lease.expires_at = expires
+            else:
+                lease.lost = True
 
     def holds(self, lease: Lease) -> bool:
         """Does this node still hold ``lease`` (same token, not expired) in the store?"""
@@ -242,12 +264,12 @@ class LeaseTable:
         )
 
 
-def _first(row: Any, name: str) -> Any:
+def _column(row: Any, name: str, index: int) -> Any:
     """A column of a row, whether the backend gives mappings or tuples."""
     try:
         return row[name]
     except (TypeError, IndexError, KeyError):
-        return row[0]
+        return row[index]
 
 
 def lease_lost(error: BaseException) -> bool:
@@ -256,10 +278,14 @@ def lease_lost(error: BaseException) -> bool:
 
 
 class LeaseKeeper:
-    """Runs work for a connection only while this node holds its lease."""
+    """Runs work for a connection only while this node holds its lease.
+
+    ``renew_forever`` (one task per node) renews every held lease in one
+    transaction each round and cancels the work of each one it lost."""
 
     def __init__(self, table: LeaseTable) -> None:
         self.table = table
+        self._held: dict[str, tuple[Lease, anyio.CancelScope]] = {}
         self._elsewhere: dict[str, float] = {}
         self._elsewhere_read_at = float("-inf")
         self._elsewhere_lock = anyio.Lock()
@@ -319,8 +345,8 @@ class LeaseKeeper:
             await anyio.sleep(self.renew_every)
 
     async def _run_leased(self, lease: Lease, work: Callable[[Lease], Awaitable[None]]) -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._renew, lease, group.cancel_scope)
+        with anyio.CancelScope() as scope:
+            self._held[lease.connection_id] = (lease, scope)
             try:
                 await work(lease)
             except Exception as error:
@@ -329,21 +355,30 @@ class LeaseKeeper:
                 lease.lost = True
                 log.warning("collector lease lost: a fenced write was refused; collector stopped",
                             extra=self._extra(lease))
-            group.cancel_scope.cancel()
+            finally:
+                self._held.pop(lease.connection_id, None)
 
-    async def _renew(self, lease: Lease, scope: anyio.CancelScope) -> None:
+    async def renew_forever(self) -> None:
+        """Renew the held leases every third of a lease, until cancelled."""
         while True:
             await anyio.sleep(self.renew_every)
-            try:
-                renewed = await anyio.to_thread.run_sync(self.table.renew, lease)
-            except Exception as error:  # keep trying while the lease lasts
-                log.warning("cannot renew a collector lease", extra={**self._extra(lease), "error": str(error)})
-                renewed = lease.valid(self.table.clock())
-            if not renewed or not lease.valid(self.table.clock()):
+            await self.renew_held()
+
+    async def renew_held(self) -> None:
+        """One round: renew every held lease; stop the work of each one lost."""
+        held = list(self._held.values())
+        if not held:
+            return
+        try:
+            await anyio.to_thread.run_sync(self.table.renew_all, [lease for lease, _ in held])
+        except Exception as error:  # the store is unreachable: the leases hold until they run out
+            log.warning("cannot renew the collector leases", extra={"count": len(held), "error": str(error)})
+        now = self.table.clock()
+        for lease, scope in held:
+            if not lease.valid(now):
                 lease.lost = True
                 log.warning("collector lease lost; collector stopped", extra=self._extra(lease))
                 scope.cancel()
-                return
 
     def _extra(self, lease: Lease) -> dict[str, Any]:
         return {"connection": lease.connection_id, "holder": lease.holder, "fencing_token": lease.token}

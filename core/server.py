@@ -105,7 +105,8 @@ class Server:
             async with anyio.create_task_group() as group:
                 await self._start_pipeline(group)
                 # Before any collector starts: frees what a killed predecessor held.
-                await anyio.to_thread.run_sync(self.lease_keeper)
+                keeper = await anyio.to_thread.run_sync(self.lease_keeper)
+                group.start_soon(keeper.renew_forever)
                 await self._refresh(group)
                 group.start_soon(self._watch, group)
                 self._start_push_listeners(group)

@@ -88,6 +88,20 @@ def test_every_new_acquisition_raises_the_token(store: SQLiteStore, clock: Clock
     assert a.acquire("c2") is not None and a.acquire("c2").token == 1  # per connection
 
 
+def test_one_round_renews_every_held_lease_and_marks_the_taken_one_lost(store: SQLiteStore, clock: Clock) -> None:
+    a = node(store, clock, "a")
+    held = [a.acquire(f"c{i}") for i in range(1200)]  # more than one renewing UPDATE's worth
+    assert all(lease is not None for lease in held)
+    leases = [lease for lease in held if lease is not None]
+    clock.advance(LEASE / 2)
+    store.execute("UPDATE leases SET holder = 'b', token = token + 1 WHERE connection_id = 'c7'")  # taken over
+    a.renew_all(leases)
+    assert [lease.connection_id for lease in leases if lease.lost] == ["c7"]
+    assert all(lease.expires_at == clock.now + LEASE for lease in leases if not lease.lost)
+    clock.advance(LEASE * 0.9)  # past the first expiry: only the renewal keeps them
+    assert a.holds(leases[0]) and not a.holds(leases[7])
+
+
 def test_release_hands_over_at_once(store: SQLiteStore, clock: Clock) -> None:
     a, b = node(store, clock, "a"), node(store, clock, "b")
     held = a.acquire("c1")
@@ -185,7 +199,9 @@ async def test_work_is_cancelled_when_the_lease_is_taken_over(store: SQLiteStore
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:
-            group.start_soon(LeaseKeeper(a).hold, "c1", work)
+            keeper = LeaseKeeper(a)
+            group.start_soon(keeper.renew_forever)
+            group.start_soon(keeper.hold, "c1", work)
             await started.wait()
             clock.advance(10)  # a's lease runs out before its next renewal
             assert b.acquire("c1") is not None
@@ -213,6 +229,7 @@ async def test_a_refused_fenced_write_stops_the_work_and_a_stop_releases(store: 
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:
+            group.start_soon(keeper.renew_forever)
             group.start_soon(keeper.hold, "c1", work)
             await second.wait()
             group.cancel_scope.cancel()
