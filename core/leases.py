@@ -49,6 +49,9 @@ DEFAULT_LEASE_SECONDS = 30.0
 RENEWALS_PER_LEASE = 3
 #: Connection ids per renewing UPDATE (well below every engine's parameter limit).
 RENEW_CHUNK = 500
+#: A node waiting for a lease looks again this often at most (a released lease
+#: is taken over this soon, whatever the lease's length).
+RETRY_SECONDS_MAX = 5.0
 
 _NODE_ID: str | None = None
 
@@ -294,6 +297,10 @@ class LeaseKeeper:
     def renew_every(self) -> float:
         return self.table.lease_seconds / RENEWALS_PER_LEASE
 
+    @property
+    def retry_every(self) -> float:
+        return min(self.renew_every, RETRY_SECONDS_MAX)
+
     async def hold(self, connection_id: str, work: Callable[[Lease], Awaitable[None]]) -> None:
         """Until cancelled: wait for the lease, run ``work(lease)`` while it is
         held (cancelled the moment it is lost), and start over. The lease is
@@ -305,8 +312,8 @@ class LeaseKeeper:
                 lease = await self._acquire(connection_id)
                 log.info("collector lease acquired", extra=self._extra(lease))
                 await self._run_leased(lease, work)
-                # Lost: the node that has it now keeps it; try again a renewal later.
-                await anyio.sleep(self.renew_every)
+                # Lost: the node that has it now keeps it; look again later.
+                await anyio.sleep(self.retry_every)
         finally:
             if lease is not None and not lease.lost:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -320,9 +327,9 @@ class LeaseKeeper:
 
     async def _held_elsewhere(self, connection_id: str) -> bool:
         """Does another node hold it, by a read shared by every waiting connection
-        (at most one per half renewal interval)?"""
+        (at most one per half retry interval)?"""
         async with self._elsewhere_lock:
-            if time.monotonic() - self._elsewhere_read_at >= self.renew_every / 2:
+            if time.monotonic() - self._elsewhere_read_at >= self.retry_every / 2:
                 self._elsewhere = await anyio.to_thread.run_sync(self.table.taken_elsewhere)
                 self._elsewhere_read_at = time.monotonic()
         return self._elsewhere.get(connection_id, float("-inf")) > self.table.clock()
@@ -337,12 +344,12 @@ class LeaseKeeper:
             except Exception as error:  # the store is unreachable: try again, as for a busy lease
                 log.warning(
                     "cannot take a collector lease; trying again",
-                    extra={"connection": connection_id, "error": str(error), "retry_in_seconds": self.renew_every},
+                    extra={"connection": connection_id, "error": str(error), "retry_in_seconds": self.retry_every},
                 )
                 lease = None
             if lease is not None:
                 return lease
-            await anyio.sleep(self.renew_every)
+            await anyio.sleep(self.retry_every)
 
     async def _run_leased(self, lease: Lease, work: Callable[[Lease], Awaitable[None]]) -> None:
         with anyio.CancelScope() as scope:

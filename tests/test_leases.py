@@ -13,7 +13,10 @@ from typing import Iterator
 import anyio
 import pytest
 
-from mailpipe.errors import LeaseLost
+from mailpipe.cli_config import effective_config
+from mailpipe.config import parse_config
+from mailpipe.errors import ConfigError, LeaseLost
+from mailpipe.plugin_host import PluginHost
 from mailpipe.leases import Lease, LeaseKeeper, LeaseTable
 from mailpipe.store import SQLiteStore
 
@@ -235,3 +238,14 @@ async def test_a_refused_fenced_write_stops_the_work_and_a_stop_releases(store: 
             group.cancel_scope.cancel()
     assert tokens == [1, 3]  # gave up token 1; the expired-or-free lease was taken anew
     assert store.query("SELECT expires_at FROM leases") == [{"expires_at": 0}], "a stop must release the lease"
+
+
+def test_lease_seconds_is_configured_checked_and_shown(tmp_path: Path) -> None:
+    config = parse_config("[cluster]\nlease_seconds = 3\n", tmp_path, "test.toml")
+    assert config.cluster.lease_seconds == 3
+    assert parse_config("", tmp_path, "test.toml").cluster.lease_seconds == 30
+    assert effective_config(config, PluginHost())["effective"]["cluster"] == {"lease_seconds": 3}
+    with pytest.raises(ConfigError, match=r"lease_seconds.*1 to 3600"):
+        parse_config("[cluster]\nlease_seconds = 0\n", tmp_path, "test.toml")
+    with pytest.raises(ConfigError, match="lease_secs"):
+        parse_config("[cluster]\nlease_secs = 10\n", tmp_path, "test.toml")

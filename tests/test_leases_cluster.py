@@ -209,3 +209,21 @@ def test_a_restarted_single_node_collects_at_once_after_a_kill(
     wait_until(lambda: node1.logged("collector lease acquired"), WAIT)
     row = lease_row(shared_db, connection_id)
     assert row is not None and row["holder"] == node1.holder() and row["token"] == 2
+
+
+def test_a_clean_stop_hands_the_mailbox_over_at_once(
+    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
+) -> None:
+    """SIGTERM releases the lease: the other node need not wait for it to
+    expire (a lease far longer than the wait's bound shows that it did not)."""
+    (node1, node2), shared_db, archive = cluster
+    node1.set_lease(3600)
+    user = fresh_imap_user[0]
+    connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 2)
+    node2.start()
+    assert node1.server.stop() == 0
+    assert node1.logged("collector lease released")
+    wait_until(lambda: node2.logged("collector lease acquired"), WAIT, message="node 2 waited for the lease to expire")
+    messages |= append(dovecot, user, 2, 2)
+    wait_until(lambda: len(archived(archive, connection_id)) == 4 and not dovecot.uids(user), WAIT)
+    assert set(archived(archive, connection_id)) == set(messages)
