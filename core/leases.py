@@ -289,6 +289,7 @@ class LeaseKeeper:
     def __init__(self, table: LeaseTable) -> None:
         self.table = table
         self._held: dict[str, tuple[Lease, anyio.CancelScope]] = {}
+        self._holding: dict[str, anyio.Event] = {}
         self._elsewhere: dict[str, float] = {}
         self._elsewhere_read_at = float("-inf")
         self._elsewhere_lock = anyio.Lock()
@@ -306,6 +307,12 @@ class LeaseKeeper:
         held (cancelled the moment it is lost), and start over. The lease is
         released when this is cancelled (the connection was disabled, the
         server stops)."""
+        # A restarted collector (the connection was edited) waits until the
+        # previous one has let the lease go, so one process never holds it twice.
+        previous = self._holding.get(connection_id)
+        if previous is not None:
+            await previous.wait()
+        done = self._holding[connection_id] = anyio.Event()
         lease: Lease | None = None
         try:
             while True:
@@ -319,6 +326,9 @@ class LeaseKeeper:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await anyio.to_thread.run_sync(self.table.release, lease)
                     log.info("collector lease released", extra=self._extra(lease))
+            done.set()
+            if self._holding.get(connection_id) is done:
+                del self._holding[connection_id]
 
     async def check(self, lease: Lease) -> None:
         """Raise :class:`LeaseLost` unless ``lease`` is still held (asked of the store)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import anyio
 import pytest
@@ -249,3 +249,42 @@ def test_lease_seconds_is_configured_checked_and_shown(tmp_path: Path) -> None:
         parse_config("[cluster]\nlease_seconds = 0\n", tmp_path, "test.toml")
     with pytest.raises(ConfigError, match="lease_secs"):
         parse_config("[cluster]\nlease_secs = 10\n", tmp_path, "test.toml")
+
+
+@pytest.mark.anyio
+async def test_a_restarted_collector_waits_for_the_previous_one_to_let_go(store: SQLiteStore, clock: Clock) -> None:
+    """An edited connection's collector is cancelled and started again at once:
+    the two never run together, and the new one holds a lease of its own."""
+    keeper = LeaseKeeper(node(store, clock, "a", lease=0.3))
+    running: list[int] = []
+    overlaps: list[list[int]] = []
+    second = anyio.Event()
+
+    async def work(lease: Lease) -> None:
+        running.append(lease.token)
+        if len(running) > 1:
+            overlaps.append(list(running))
+        if lease.token == 2:
+            second.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            running.remove(lease.token)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(keeper.renew_forever)
+            first = anyio.CancelScope()  # as the server's _refresh does for each collector
+            group.start_soon(_in_scope, first, keeper, work)
+            while not running:
+                await anyio.sleep(0.01)
+            first.cancel()
+            group.start_soon(keeper.hold, "c1", work)
+            await second.wait()
+            group.cancel_scope.cancel()
+    assert not overlaps
+
+
+async def _in_scope(scope: anyio.CancelScope, keeper: LeaseKeeper, work: Any) -> None:
+    with scope:
+        await keeper.hold("c1", work)

@@ -80,7 +80,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[l
     shared_db = tmp_path / "shared" / "mailpipe.db"
     SQLiteStore(shared_db).close()  # created and migrated once, before any node links to it
     archive = tmp_path / "archive"
-    nodes = [Node(tmp_path, name, shared_db, archive) for name in ("node1", "node2")]
+    nodes = [Node(tmp_path, name, shared_db, archive) for name in ("node1", "node2", "node3")]
     try:
         yield nodes, shared_db, archive
     finally:
@@ -125,7 +125,7 @@ def first_node_collects(
 def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
-    (node1, node2), shared_db, archive = cluster
+    (node1, node2, _), shared_db, archive = cluster
     user = fresh_imap_user[0]
     connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 5)
     node2.start()
@@ -168,7 +168,7 @@ def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
 def test_a_killed_holder_is_taken_over_and_nothing_is_collected_twice(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
-    (node1, node2), shared_db, archive = cluster
+    (node1, node2, _), shared_db, archive = cluster
     user = fresh_imap_user[0]
     connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 5)
     node2.start()
@@ -201,7 +201,7 @@ def test_a_restarted_single_node_collects_at_once_after_a_kill(
     """The embedded default's behaviour: one node, killed and started again,
     frees what its dead predecessor held instead of waiting for it to expire
     (a lease far longer than the wait's bound shows that it did not wait)."""
-    (node1, _), shared_db, archive = cluster
+    (node1, _, _), shared_db, archive = cluster
     node1.set_lease(3600)
     connection_id, _ = first_node_collects(node1, archive, dovecot, fresh_imap_user, 2)
     node1.server.kill()
@@ -216,7 +216,7 @@ def test_a_clean_stop_hands_the_mailbox_over_at_once(
 ) -> None:
     """SIGTERM releases the lease: the other node need not wait for it to
     expire (a lease far longer than the wait's bound shows that it did not)."""
-    (node1, node2), shared_db, archive = cluster
+    (node1, node2, _), shared_db, archive = cluster
     node1.set_lease(3600)
     user = fresh_imap_user[0]
     connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 2)
@@ -225,5 +225,56 @@ def test_a_clean_stop_hands_the_mailbox_over_at_once(
     assert node1.logged("collector lease released")
     wait_until(lambda: node2.logged("collector lease acquired"), WAIT, message="node 2 waited for the lease to expire")
     messages |= append(dovecot, user, 2, 2)
-    wait_until(lambda: len(archived(archive, connection_id)) == 4 and not dovecot.uids(user), WAIT)
+    try:
+        wait_until(lambda: len(archived(archive, connection_id)) == 4 and not dovecot.uids(user), WAIT)
+    except AssertionError:
+        raise AssertionError("node 2 did not collect:\n" + "\n".join(node2.server.lines[-40:])) from None
     assert set(archived(archive, connection_id)) == set(messages)
+
+
+MAILBOXES = 6
+
+
+def test_three_nodes_share_mailboxes_and_the_survivors_take_a_killed_nodes_over(
+    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot
+) -> None:
+    nodes, shared_db, archive = cluster
+    for node in nodes:
+        node.start()
+    users = []
+    for number in range(MAILBOXES):
+        name = f"lease{number}-{os.urandom(3).hex()}"
+        users.append((name, dovecot.add_user(name, f"pw-{os.urandom(6).hex()}")))
+    try:
+        messages = {user: append(dovecot, user, 0, 2) for user, _ in users}
+        # Added while all three run: each node races for each new lease.
+        ids = {user: add_imap_connection(nodes[0].config, dovecot, user, password, enable=True)
+               for user, password in users}
+
+        def holders() -> dict[str, str]:
+            rows = {cid: lease_row(shared_db, cid) for cid in ids.values()}
+            return {cid: row["holder"] for cid, row in rows.items() if row and row["expires_at"] > time.time() * 1000}
+
+        wait_until(lambda: len(holders()) == MAILBOXES, WAIT, message="not every mailbox got a holder")
+        by_node = {node.name: [cid for cid, holder in holders().items() if holder == node.holder()] for node in nodes}
+        print(f"\n{MAILBOXES} mailboxes across 3 nodes: { {name: len(held) for name, held in by_node.items()} }")
+        assert sum(len(held) for held in by_node.values()) == MAILBOXES, "a lease holder is not one of the nodes"
+        wait_until(lambda: all(len(archived(archive, ids[user])) == 2 for user, _ in users), WAIT)
+
+        victim = max(nodes, key=lambda node: len(by_node[node.name]))
+        survivors = [node for node in nodes if node is not victim]
+        victim.server.kill()
+        wait_until(lambda: set(holders().values()) <= {node.holder() for node in survivors}
+                   and len(holders()) == MAILBOXES, WAIT, message="the killed node's mailboxes were not taken over")
+        for user, _ in users:
+            messages[user] |= append(dovecot, user, 2, 2)
+        wait_until(lambda: all(len(archived(archive, ids[user])) == 4 and not dovecot.uids(user) for user, _ in users),
+                   WAIT, message="mail sent after the kill was not collected")
+        for user, _ in users:
+            stored = archived(archive, ids[user])
+            assert set(stored) == set(messages[user])
+            assert all(len(metadata["arrivals"]) == 1 for _, metadata in stored.values())
+        assert sum(node.collected() for node in nodes) == 4 * MAILBOXES, "a message was collected twice"
+    finally:
+        for user, _ in users:
+            dovecot.remove_user(user, wait=False)
