@@ -303,6 +303,16 @@ class StateConfig(_Section):
             )
         return value
 
+class ClusterConfig(_Section):
+    """Several ``mailpipe serve`` nodes on one state store (mailpipe.connections.leases)."""
+
+    # How long a node's hold on a connection's collector lasts without a
+    # renewal (renewed every third of it): how long a dead node's mailboxes
+    # wait before another node takes them over.
+    lease_seconds: float = Field(
+        30.0, ge=1, le=3600, description="seconds as a number from 1 to 3600, e.g. 30"
+    )
+
 
 class SinkTable(BaseModel):
     """The host's keys of a ``[[sinks]]`` table; the others go to the sink type."""
@@ -326,6 +336,7 @@ class ConfigFile(BaseModel):
     spool: SpoolConfig = SpoolConfig()
     http: HttpConfig = HttpConfig()
     state: StateConfig = StateConfig()
+    cluster: ClusterConfig = ClusterConfig()
     sinks: list[SinkTable] | None = None
 
 
@@ -337,6 +348,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "spool": SpoolConfig,
     "http": HttpConfig,
     "state": StateConfig,
+    "cluster": ClusterConfig,
     "sinks": SinkTable,
 }
 
@@ -356,6 +368,7 @@ class Config:
     spool: SpoolConfig = SpoolConfig()
     http: HttpConfig = HttpConfig()
     state: StateConfig = StateConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @property
     def spool_dir(self) -> Path:
@@ -430,6 +443,7 @@ def parse_config(text: str, base: Path, source: str) -> Config:
         group=checked.server.group,
         raw=raw,
         spool=checked.spool,
+        cluster=checked.cluster,
         http=checked.http.model_copy(update={
             key: str(_path(base, getattr(checked.http, key))) for key in ("tls_cert", "tls_key")
             if getattr(checked.http, key)

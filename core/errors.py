@@ -67,3 +67,9 @@ class MessageRejected(Exception):
     """The sink refuses this message itself (too large for the store, a name
     or argument it will not accept). Counts toward ``[pipeline]
     max_attempts``; then the message is quarantined."""
+
+
+class LeaseLost(Exception):
+    """This node no longer holds the collector lease of a connection (it
+    expired, or another node took it over): a fenced write was refused, and
+    the collector must stop before its next action at the source."""

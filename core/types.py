@@ -16,6 +16,9 @@ from typing import Any, Awaitable, Callable, Iterator, Literal, Protocol, runtim
 from mailpipe.errors import MessageRejected, SinkUnavailable  # noqa: F401
 from mailpipe.spool.queue import SpooledMessage  # noqa: F401
 
+# What a fenced collector context raises once another node collects the connection.
+from mailpipe.errors import LeaseLost  # noqa: F401
+
 SettingKind = Literal["str", "int", "bool", "list", "secret", "address", "path"]
 
 
@@ -328,6 +331,8 @@ class ProgressReport(Protocol):
 
 def _no_progress(*, remaining: int, collected: int = 0) -> None:
     """The default where nobody watches (a context built by hand, in a test)."""
+async def _no_lease() -> None:
+    """``check_lease`` where nothing is leased: always held."""
 
 
 @dataclass
@@ -340,6 +345,16 @@ class CollectContext:
     move or delete it at the source. ``report_progress`` tells the operator
     how far a collector is through its source (messages left, the rate and
     the time left are shown with the connection).
+    move or delete it at the source.
+
+    With several nodes, a pull collector runs only on the node that holds
+    the connection's lease (mailpipe.connections.leases), and the context is *fenced*:
+    ``set_state`` raises :class:`LeaseLost` once another node has taken the
+    connection over (the write is refused, so a checkpoint never goes back),
+    and ``await check_lease()`` raises it too: call it before every action
+    at the source (delete, move, flag). Let ``LeaseLost`` propagate; the host
+    stops the collector. ``fencing_token`` is the lease's token (None where
+    there is no lease: push listeners, tests).
     """
 
     spool_bytes: Callable[[bytes, dict[str, Any]], Awaitable[str]]
@@ -349,6 +364,8 @@ class CollectContext:
     find_connection: Callable[[str], Connection | None]
     log: Any
     report_progress: ProgressReport = _no_progress
+    check_lease: Callable[[], Awaitable[None]] = _no_lease
+    fencing_token: int | None = None
 
 
 @dataclass

@@ -93,6 +93,7 @@ def effective_config(config: Config, host: PluginHost) -> dict[str, Any]:
             "spool": config.spool.model_dump(),
             "http": config.http.model_dump(),
             "state": {"url": mask_url_password(config.state.url)},
+            "cluster": config.cluster.model_dump(),
             "sinks": [effective_sink(config, table, host.sink_types.get(table["type"])) for table in config.sinks],
         },
     }
@@ -141,7 +142,7 @@ def as_toml(output: dict[str, Any]) -> str:
     if not effective["server"]["data_dir_exists"]:
         header.append("# data_dir does not exist yet; `mailpipe serve` creates it")
     blocks = ["\n".join(header)]
-    for section in ("server", "smtp", "pipeline", "plugins", "spool", "http", "state"):
+    for section in ("server", "smtp", "pipeline", "plugins", "spool", "http", "state", "cluster"):
         values = {k: v for k, v in effective[section].items() if k != "data_dir_exists"}
         blocks.append("\n".join([f"[{section}]"] + [_toml_line(k, v) for k, v in values.items()]))
     for sink in effective["sinks"]:

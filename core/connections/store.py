@@ -105,6 +105,20 @@ MIGRATIONS: tuple[str, ...] = (
         measured_at TEXT NOT NULL
     )
     """,
+    # 5: collector leases (mailpipe.connections.leases): which node collects a
+    # connection, until when (epoch milliseconds, the holder's clock), and the
+    # fencing token, raised by every acquisition of an expired or free lease. A
+    # released lease keeps its row (expires_at 0) so the token never goes back.
+    """
+    CREATE TABLE leases (
+        connection_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        home TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        token BIGINT NOT NULL
+    );
+    CREATE INDEX leases_holder ON leases (holder)
+    """,
 )
 
 

@@ -12,6 +12,11 @@ the running server through the store's revision counter
 watch loop by LISTEN/NOTIFY): a disabled or deleted connection stops
 accepting or collecting, an enabled one starts, without a restart.
 
+A pull collector runs only while this node holds the connection's lease
+(mailpipe.connections.leases): with one node it always does; with several nodes on one
+state store, each connection is collected by one of them at a time, and
+the collector's context is fenced with the lease's token.
+
 One server per data_dir (an flock on ``data_dir/serve.lock``). SIGHUP
 reloads what can change without a restart (mailpipe.reload); under systemd
 (``NOTIFY_SOCKET``) the server reports READY/RELOADING/STOPPING
@@ -35,6 +40,7 @@ from anyio.abc import CancelScope, TaskGroup, TaskStatus
 
 from mailpipe.server import sd_notify
 from mailpipe.errors import MailpipeError
+from mailpipe.connections.leases import Lease, LeaseKeeper, LeaseTable, lease_lost, node_home, node_id
 from mailpipe.connections.directory import ConnectionDirectory, read_connections, watch_connections
 from mailpipe.connections.live_status import LIVE
 from mailpipe.connections.metrics import METRICS
@@ -62,12 +68,26 @@ class Server:
     collectors: dict[str, _RunningCollector] = field(default_factory=dict)
     started: anyio.Event = field(default_factory=anyio.Event)
     committer: GroupCommitter | None = None
+    leases: LeaseKeeper | None = None
+
+    def lease_keeper(self) -> LeaseKeeper:
+        if self.leases is None:
+            config = self.runtime.config
+            table = LeaseTable(
+                self.runtime.store, node_id(), node_home(config.data_dir), config.cluster.lease_seconds
+            )
+            table.release_left_behind()
+            self.leases = LeaseKeeper(table)
+        return self.leases
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         runtime = self.runtime
         try:
             async with anyio.create_task_group() as group:
                 await self._start_pipeline(group)
+                # Before any collector starts: frees what a killed predecessor held.
+                keeper = await anyio.to_thread.run_sync(self.lease_keeper)
+                group.start_soon(keeper.renew_forever)
                 await self._refresh(group)
                 group.start_soon(self._watch, group)
                 self._start_push_listeners(group)
@@ -164,13 +184,19 @@ class Server:
 
     async def _collect(self, connection: Connection, scope: CancelScope) -> None:
         with scope:
-            log.info("starting collector", extra={"connection": connection.id, "type": connection.type})
-            await _keep_running(
-                lambda: self.runtime.host.collect(connection, self.collect_context(connection)),
-                "collector",
-                {"connection": connection.id},
-                on_error=lambda error: self._collector_failed(connection, error),
-            )
+            await self.lease_keeper().hold(connection.id, lambda lease: self._collect_leased(connection, lease))
+
+    async def _collect_leased(self, connection: Connection, lease: Lease) -> None:
+        log.info(
+            "starting collector",
+            extra={"connection": connection.id, "type": connection.type, "fencing_token": lease.token},
+        )
+        await _keep_running(
+            lambda: self.runtime.host.collect(connection, self.collect_context(connection, lease)),
+            "collector",
+            {"connection": connection.id},
+            on_error=lambda error: self._collector_failed(connection, error),
+        )
 
     @staticmethod
     def _collector_failed(connection: Connection, error: Exception) -> None:
@@ -195,10 +221,27 @@ class Server:
             {"type": connection_type.name},
         )
 
-    def collect_context(self, connection: Connection) -> CollectContext:
+    def collect_context(self, connection: Connection, lease: Lease | None = None) -> CollectContext:
+        """The context of ``connection``'s collector; fenced with ``lease`` when given."""
         if self.committer is None:
             self.committer = GroupCommitter(self.runtime.spool)
-        return collect_context(self.runtime, connection, self.committer, self.directory)
+        context = collect_context(self.runtime, connection, self.committer, self.directory)
+        return context if lease is None else self._fenced(context, lease)
+
+    def _fenced(self, context: CollectContext, lease: Lease) -> CollectContext:
+        keeper = self.lease_keeper()
+        connection_id = lease.connection_id
+
+        async def set_state(key: str, value: Any) -> None:
+            await anyio.to_thread.run_sync(keeper.table.set_state_fenced, lease, f"{connection_id}:{key}", value)
+
+        async def check_lease() -> None:
+            await keeper.check(lease)
+
+        context.set_state = set_state
+        context.check_lease = check_lease
+        context.fencing_token = lease.token
+        return context
 
 
 async def _keep_running(
@@ -215,6 +258,8 @@ async def _keep_running(
             await run()
             log.warning(f"{what} returned; restarting", extra=extra)
         except Exception as error:
+            if lease_lost(error):
+                raise  # not a failure to retry: another node collects now (mailpipe.connections.leases)
             on_error(error)
             log.error(f"{what} failed; restarting", extra={**extra, "error": str(error), "retry_in_seconds": delay})
         await anyio.sleep(delay)

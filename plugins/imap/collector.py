@@ -33,6 +33,13 @@ Failures arrive from inside task groups, wrapped in ``ExceptionGroup``:
 path and the log names it. A full spool disk pauses the collection (nothing
 is flagged, moved or deleted at the server for a message not spooled) and it
 is tried again every ``STORAGE_RETRY_SECONDS``.
+
+With several nodes, the context is fenced by the connection's lease
+(mailpipe.connections.leases): the checkpoint write is refused and ``check_lease()``,
+asked before each pass over new mail, each fetched batch and each
+``after_archive`` batch, raises ``LeaseLost`` once another node collects the mailbox, so a
+node that wakes up after a pause neither acts on the mailbox nor moves the
+checkpoint back. ``LeaseLost`` is not an interruption: it ends the run.
 """
 
 from __future__ import annotations
@@ -244,6 +251,7 @@ class Collector:
 
     async def collect_new(self, session: ImapSession, checkpoint: Checkpoint) -> int:
         """Fetch, spool, checkpoint and act on every message above the checkpoint."""
+        await self.context.check_lease()
         uids = await session.search_uids(checkpoint.last_uid + 1)
         self._pass_uids = uids
         self.context.report_progress(remaining=len(uids))
@@ -262,6 +270,7 @@ class Collector:
                         # Sizes for many batches at once: one round trip instead of one per batch.
                         sizes = await session.fetch_sizes(uids[start : start + SIZES_AHEAD])
                     for work in self._plan(chunk, sizes, checkpoint):
+                        await self.context.check_lease()  # a node woken from a pause fetches no more
                         if isinstance(work, _Large):
                             work.message.chunks = _streamer(session, work.message.uid)
                             await send.send(work)
@@ -344,6 +353,7 @@ class Collector:
 
     async def _act(self, session: ImapSession, uids: list[int]) -> None:
         for part in _batched(sorted(uids), ACTION_BATCH):
+            await self.context.check_lease()  # fencing: only the lease's holder changes the mailbox
             if self.settings.after_archive == "delete":
                 await session.delete(part)
             elif self.settings.after_archive == "move":
