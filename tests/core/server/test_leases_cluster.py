@@ -2,10 +2,9 @@
 
 Each node has its own config, data_dir, spool and SMTP port; they share the
 secret key (``MAILPIPE_SECRET_KEY``), the archive directory and the state
-store. The state store is one SQLite file in WAL mode that every node's
-``data_dir/mailpipe.db`` links to (SQLite follows the link, so the nodes
-share the file, its WAL and its locks); on PostgreSQL (``[state] url``) the
-nodes share the database instead, and the lease SQL is the same.
+store: one PostgreSQL database (``[state] url``), as a cluster is deployed
+(docs/scaling.md). The lease logic itself is also tested on SQLite, with an
+injected clock, in tests/core/connections/test_leases.py.
 
 A short lease (3 s) keeps the tests quick; every wait polls with a generous
 bound and nothing asserts a duration (the takeover delay is printed).
@@ -22,9 +21,9 @@ from typing import Any, Iterator
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support.helpers import ServerProcess, wait_until, write_config
+from tests.support.helpers import ServerProcess, state_url_toml, wait_until, write_config
 from tests.support.imap import add_imap_connection, archived, make_message, sha256, spooled_hashes
-from mailpipe.connections.store import SQLiteStore
+from mailpipe.connections.store_postgres import PostgresStore
 from tests.support.peers.dovecot import Dovecot
 
 LEASE_SECONDS = 3
@@ -36,17 +35,16 @@ IMAP_ACTIONS = ("IMAP session open", "collected messages", "finishing after_arch
 class Node:
     """One ``mailpipe serve`` with its own directory, on the shared state file."""
 
-    def __init__(self, root: Path, name: str, shared_db: Path, archive: Path) -> None:
+    def __init__(self, root: Path, name: str, state_url: str, archive: Path) -> None:
         directory = root / name
         directory.mkdir()
         sinks = f'[[sinks]]\ntype = "filesystem"\npath = "{archive}"\n'
-        self.config = write_config(directory, extra=f"[cluster]\nlease_seconds = {LEASE_SECONDS}\n", sinks=sinks)
+        extra = f"[cluster]\nlease_seconds = {LEASE_SECONDS}\n\n{state_url_toml(state_url)}"
+        self.config = write_config(directory, extra=extra, sinks=sinks)
         # One process per node (the pipeline in it), so that SIGSTOP freezes the whole node.
         text = self.config.read_text()
         self.config.write_text(text.replace("[pipeline]\n", "[pipeline]\nown_process = false\n", 1))
         self.data_dir = directory / "data"
-        self.data_dir.mkdir()
-        (self.data_dir / "mailpipe.db").symlink_to(shared_db)
         self.name = name
         self.server = ServerProcess(self.config)
 
@@ -75,14 +73,16 @@ class Node:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[Node], Path, Path]]:
+def cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> Iterator[tuple[list[Node], str, Path]]:
+    """Three nodes on one PostgreSQL state store (as deployed: docs/scaling.md)."""
     monkeypatch.setenv("MAILPIPE_SECRET_KEY", Fernet.generate_key().decode())  # every node and the CLI
-    shared_db = tmp_path / "shared" / "mailpipe.db"
-    SQLiteStore(shared_db).close()  # created and migrated once, before any node links to it
+    PostgresStore(postgres_url).close()  # created and migrated once, before the nodes start
     archive = tmp_path / "archive"
-    nodes = [Node(tmp_path, name, shared_db, archive) for name in ("node1", "node2", "node3")]
+    nodes = [Node(tmp_path, name, postgres_url, archive) for name in ("node1", "node2", "node3")]
     try:
-        yield nodes, shared_db, archive
+        yield nodes, postgres_url, archive
     finally:
         for node in nodes:
             if node.server.process and node.server.process.poll() is None:
@@ -90,8 +90,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[l
                 node.server.stop()
 
 
-def lease_row(shared_db: Path, connection_id: str) -> dict[str, Any] | None:
-    store = SQLiteStore(shared_db)
+def lease_row(state_url: str, connection_id: str) -> dict[str, Any] | None:
+    store = PostgresStore(state_url, migrate=False)
     try:
         rows = store.query("SELECT holder, expires_at, token FROM leases WHERE connection_id = ?", (connection_id,))
     finally:
@@ -125,12 +125,12 @@ def first_node_collects(
 def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
-    (node1, node2, _), shared_db, archive = cluster
+    (node1, node2, _), state_url, archive = cluster
     user = fresh_imap_user[0]
     connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 5)
     node2.start()
     wait_until(lambda: node2.logged("mailpipe is running"), WAIT)
-    row = lease_row(shared_db, connection_id)
+    row = lease_row(state_url, connection_id)
     assert row is not None and row["holder"] == node1.holder() and row["token"] == 1
     assert not node2.logged("starting collector"), "node 2 collects a mailbox whose lease node 1 holds"
 
@@ -140,7 +140,7 @@ def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
         wait_until(lambda: node2.logged("collector lease acquired"), WAIT, message="node 2 never took over")
         wait_until(lambda: len(archived(archive, connection_id)) == 10 and not dovecot.uids(user), WAIT,
                    message="node 2 did not collect what arrived while node 1 was frozen")
-        assert lease_row(shared_db, connection_id)["token"] == 2
+        assert lease_row(state_url, connection_id)["token"] == 2
     finally:
         resumed_at = len(node1.server.logs())
         os.kill(node1.pid, signal.SIGCONT)
@@ -161,26 +161,26 @@ def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
     assert set(stored) == set(messages), "a message left the mailbox without being archived"
     for digest, (raw, metadata) in stored.items():
         assert raw == messages[digest] and len(metadata["arrivals"]) == 1
-    row = lease_row(shared_db, connection_id)
+    row = lease_row(state_url, connection_id)
     assert row is not None and row["holder"] == node2.holder() and row["token"] == 2
 
 
 def test_a_killed_holder_is_taken_over_and_nothing_is_collected_twice(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
-    (node1, node2, _), shared_db, archive = cluster
+    (node1, node2, _), state_url, archive = cluster
     user = fresh_imap_user[0]
     connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 5)
     node2.start()
     node1.server.kill()  # SIGKILL: no release, the lease runs out
     killed_at = time.monotonic()
-    dead = lease_row(shared_db, connection_id)
+    dead = lease_row(state_url, connection_id)
     assert dead is not None and dead["holder"] == node1.holder()
     left = dead["expires_at"] / 1000 - time.time()
 
     wait_until(lambda: node2.logged("collector lease acquired"), WAIT, message="node 2 never took over")
     took = time.monotonic() - killed_at
-    acquired = lease_row(shared_db, connection_id)
+    acquired = lease_row(state_url, connection_id)
     assert acquired is not None and acquired["token"] == 2 and acquired["holder"] == node2.holder()
     # A figure for the report, not an assertion (the machine may be loaded).
     print(f"\ntakeover after kill -9: {took:.1f} s; lease {LEASE_SECONDS} s, renewed and retried every "
@@ -201,13 +201,13 @@ def test_a_restarted_single_node_collects_at_once_after_a_kill(
     """The embedded default's behaviour: one node, killed and started again,
     frees what its dead predecessor held instead of waiting for it to expire
     (a lease far longer than the wait's bound shows that it did not wait)."""
-    (node1, _, _), shared_db, archive = cluster
+    (node1, _, _), state_url, archive = cluster
     node1.set_lease(3600)
     connection_id, _ = first_node_collects(node1, archive, dovecot, fresh_imap_user, 2)
     node1.server.kill()
     node1.start()
     wait_until(lambda: node1.logged("collector lease acquired"), WAIT)
-    row = lease_row(shared_db, connection_id)
+    row = lease_row(state_url, connection_id)
     assert row is not None and row["holder"] == node1.holder() and row["token"] == 2
 
 
@@ -216,7 +216,7 @@ def test_a_clean_stop_hands_the_mailbox_over_at_once(
 ) -> None:
     """SIGTERM releases the lease: the other node need not wait for it to
     expire (a lease far longer than the wait's bound shows that it did not)."""
-    (node1, node2, _), shared_db, archive = cluster
+    (node1, node2, _), state_url, archive = cluster
     node1.set_lease(3600)
     user = fresh_imap_user[0]
     connection_id, messages = first_node_collects(node1, archive, dovecot, fresh_imap_user, 2)
@@ -232,13 +232,13 @@ def test_a_clean_stop_hands_the_mailbox_over_at_once(
     assert set(archived(archive, connection_id)) == set(messages)
 
 
-MAILBOXES = 6
+MAILBOXES = 20
 
 
 def test_three_nodes_share_mailboxes_and_the_survivors_take_a_killed_nodes_over(
     cluster: tuple[list[Node], Path, Path], dovecot: Dovecot
 ) -> None:
-    nodes, shared_db, archive = cluster
+    nodes, state_url, archive = cluster
     for node in nodes:
         node.start()
     users = []
@@ -252,7 +252,7 @@ def test_three_nodes_share_mailboxes_and_the_survivors_take_a_killed_nodes_over(
                for user, password in users}
 
         def holders() -> dict[str, str]:
-            rows = {cid: lease_row(shared_db, cid) for cid in ids.values()}
+            rows = {cid: lease_row(state_url, cid) for cid in ids.values()}
             return {cid: row["holder"] for cid, row in rows.items() if row and row["expires_at"] > time.time() * 1000}
 
         wait_until(lambda: len(holders()) == MAILBOXES, WAIT, message="not every mailbox got a holder")
