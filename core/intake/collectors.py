@@ -7,6 +7,10 @@ spooled concurrently gets one filesystem sync). Its checkpoints live in the
 state store under the connection's id (``get_state``/``set_state``). The
 host stamps every message with the connection's arrival metadata and
 provenance, so a collector cannot forget or forge them.
+
+With a lease (several nodes, mailpipe.connections.leases) the context is
+fenced: ``set_state`` writes only while the lease's token is current, and
+``check_lease`` raises ``LeaseLost`` once another node took over.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from mailpipe.connections.directory import ConnectionDirectory
+from mailpipe.connections.leases import Lease, LeaseKeeper
 from mailpipe.connections.live_status import LIVE
 from mailpipe.connections.metrics import METRICS
 from mailpipe.spool.group_commit import GroupCommitter
@@ -32,10 +37,15 @@ log = logging.getLogger("mailpipe.server")
 
 
 def collect_context(
-    runtime: "Runtime", connection: Connection, committer: GroupCommitter, directory: ConnectionDirectory
+    runtime: "Runtime",
+    connection: Connection,
+    committer: GroupCommitter,
+    directory: ConnectionDirectory,
+    fence: tuple[LeaseKeeper, Lease] | None = None,
 ) -> CollectContext:
     """What ``connection``'s collector (or a push listener, per connection)
-    uses to spool mail and keep its checkpoints in the state store."""
+    uses to spool mail and keep its checkpoints in the state store; fenced
+    with ``fence`` (the node's lease keeper and this connection's lease)."""
     store = runtime.store
     arrival = runtime.host.arrival(connection)
 
@@ -62,11 +72,23 @@ def collect_context(
             raise
         return message.id
 
+    def state_key(key: str) -> str:
+        return f"{connection.id}:{key}"
+
     async def get_state(key: str) -> Any:
-        return await anyio.to_thread.run_sync(store.get_state, f"{connection.id}:{key}")
+        return await anyio.to_thread.run_sync(store.get_state, state_key(key))
 
     async def set_state(key: str, value: Any) -> None:
-        await anyio.to_thread.run_sync(store.set_state, f"{connection.id}:{key}", value)
+        if fence is None:
+            await anyio.to_thread.run_sync(store.set_state, state_key(key), value)
+        else:
+            keeper, lease = fence
+            await anyio.to_thread.run_sync(keeper.table.set_state_fenced, lease, state_key(key), value)
+
+    fenced: dict[str, Any] = {}
+    if fence is not None:
+        keeper, lease = fence
+        fenced = {"check_lease": lambda: keeper.check(lease), "fencing_token": lease.token}
 
     return CollectContext(
         spool_bytes=spool_bytes,
@@ -76,4 +98,5 @@ def collect_context(
         find_connection=lambda cid: directory.by_id.get(cid),
         log=logging.LoggerAdapter(log, {"connection": connection.id}),
         report_progress=lambda *, remaining, collected=0: LIVE.progress(connection.id, remaining, collected),
+        **fenced,
     )

@@ -225,23 +225,8 @@ class Server:
         """The context of ``connection``'s collector; fenced with ``lease`` when given."""
         if self.committer is None:
             self.committer = GroupCommitter(self.runtime.spool)
-        context = collect_context(self.runtime, connection, self.committer, self.directory)
-        return context if lease is None else self._fenced(context, lease)
-
-    def _fenced(self, context: CollectContext, lease: Lease) -> CollectContext:
-        keeper = self.lease_keeper()
-        connection_id = lease.connection_id
-
-        async def set_state(key: str, value: Any) -> None:
-            await anyio.to_thread.run_sync(keeper.table.set_state_fenced, lease, f"{connection_id}:{key}", value)
-
-        async def check_lease() -> None:
-            await keeper.check(lease)
-
-        context.set_state = set_state
-        context.check_lease = check_lease
-        context.fencing_token = lease.token
-        return context
+        fence = None if lease is None else (self.lease_keeper(), lease)
+        return collect_context(self.runtime, connection, self.committer, self.directory, fence)
 
 
 async def _keep_running(

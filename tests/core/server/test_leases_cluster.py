@@ -123,7 +123,7 @@ def first_node_collects(
 
 
 def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
-    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
+    cluster: tuple[list[Node], str, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
     (node1, node2, _), state_url, archive = cluster
     user = fresh_imap_user[0]
@@ -166,7 +166,7 @@ def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
 
 
 def test_a_killed_holder_is_taken_over_and_nothing_is_collected_twice(
-    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
+    cluster: tuple[list[Node], str, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
     (node1, node2, _), state_url, archive = cluster
     user = fresh_imap_user[0]
@@ -196,7 +196,7 @@ def test_a_killed_holder_is_taken_over_and_nothing_is_collected_twice(
 
 
 def test_a_restarted_single_node_collects_at_once_after_a_kill(
-    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
+    cluster: tuple[list[Node], str, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
     """The embedded default's behaviour: one node, killed and started again,
     frees what its dead predecessor held instead of waiting for it to expire
@@ -212,7 +212,7 @@ def test_a_restarted_single_node_collects_at_once_after_a_kill(
 
 
 def test_a_clean_stop_hands_the_mailbox_over_at_once(
-    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
+    cluster: tuple[list[Node], str, Path], dovecot: Dovecot, fresh_imap_user: tuple[str, str]
 ) -> None:
     """SIGTERM releases the lease: the other node need not wait for it to
     expire (a lease far longer than the wait's bound shows that it did not)."""
@@ -236,7 +236,7 @@ MAILBOXES = 20
 
 
 def test_three_nodes_share_mailboxes_and_the_survivors_take_a_killed_nodes_over(
-    cluster: tuple[list[Node], Path, Path], dovecot: Dovecot
+    cluster: tuple[list[Node], str, Path], dovecot: Dovecot
 ) -> None:
     nodes, state_url, archive = cluster
     for node in nodes:
