@@ -233,11 +233,18 @@ class PluginHost:
     async def accept(self, connection: Connection, envelope: Envelope) -> Decision | None:
         """The type's decision for one SMTP recipient; ``None`` when the type
         is not installed here or gave no :class:`Decision`."""
+        decision = await _settled(self.accept_answer(connection, envelope))
+        return decision if isinstance(decision, Decision) else None
+
+    def accept_answer(self, connection: Connection, envelope: Envelope) -> Any:
+        """What the type's ``accept`` returns, as it returns it: a
+        :class:`Decision` (or anything else, meaning none), or an awaitable of
+        one for an ``async def`` accept. The SMTP session answers a plain
+        function's decision without a task of its own (see intake/smtp)."""
         connection_type = self.connection_types.get(connection.type)
         if connection_type is None or connection_type.accept is None:
             return None
-        decision = await _settled(connection_type.accept(connection, envelope))
-        return decision if isinstance(decision, Decision) else None
+        return connection_type.accept(connection, envelope)
 
     async def collect(self, connection: Connection, context: CollectContext) -> None:
         connection_type = self.connection_type(connection.type)

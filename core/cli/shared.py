@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import anyio
 
+from mailpipe.common import event_loop
 from mailpipe.connections.settings import parse_assignments
 from mailpipe.errors import ValidationError
 from mailpipe.runtime import Runtime
@@ -26,7 +26,7 @@ def open_runtime(args: argparse.Namespace, create: bool = False) -> Runtime:
 
 
 def run_async(function: Callable[..., Any], *args: Any) -> Any:
-    return anyio.run(function, *args, backend=os.environ.get("MAILPIPE_ASYNC_BACKEND", "asyncio"))
+    return event_loop.run(function, *args, backend=os.environ.get("MAILPIPE_ASYNC_BACKEND", "asyncio"))
 
 
 def settings_from(args: argparse.Namespace) -> dict[str, str]:

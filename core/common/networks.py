@@ -8,8 +8,9 @@ addresses in ``[smtp] proxy_protocol_from``: a connection from such an
 address must start with a header (else it is dropped), and a connection
 from anywhere else is plain SMTP, where a "PROXY ..." line is just an
 unknown command (``500``). The header itself is parsed by aiosmtpd's
-maintained parser (``aiosmtpd.proxy_protocol``, v1 and v2), switched on per
-connection through aiosmtpd_compat; this module only decides for whom.
+maintained parser (``aiosmtpd.proxy_protocol``, v1 and v2), fed by the SMTP
+session for listed peers only (intake/smtp/proxy_header.py); this module
+only decides for whom.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Seconds a listed load balancer has to send the PROXY header (HAProxy
-#: sends it at once; aiosmtpd warns below 3).
+#: sends it at once; aiosmtpd's parser documentation warns below 3).
 PROXY_HEADER_TIMEOUT = 10.0
 
 

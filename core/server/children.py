@@ -135,6 +135,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     # server must not kill this child (the default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with_parent()
+    from mailpipe.common import event_loop
     from mailpipe.errors import MailpipeError, operator_errors
     from mailpipe.logs import setup_logging
     from mailpipe.runtime import Runtime
@@ -145,7 +146,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     label = f"{name} {args.worker_number}" if args.worker_number else name
     logging.getLogger().handlers[0].addFilter(_ChildTag(label, args.worker_number))
     try:
-        anyio.run(_until_signalled, body, runtime, backend="asyncio")
+        event_loop.run(_until_signalled, body, runtime)
     except (MailpipeError, BaseExceptionGroup) as error:
         problems = operator_errors(error)
         if not problems:

@@ -142,6 +142,16 @@ class GroupCommitter:
         staged.writer.metadata = dict(metadata)
         return staged
 
+    def take_ready(self, metadata: dict[str, Any]) -> StagedMessage | None:
+        """:meth:`take` without waiting, for the usual case: a staged message
+        from the pool when it has one and the spool has room; None means
+        "call take" (which refills the pool, or refuses and reports why)."""
+        if not self._ready or self.spool.space.reason() is not None:
+            return None
+        staged = self._ready.pop()
+        staged.writer.metadata = dict(metadata)
+        return staged
+
     async def _take_staged(self) -> StagedMessage:
         while not self._ready:
             async with self._refill_lock:

@@ -1,9 +1,8 @@
 """Streaming the SMTP DATA phase: end-of-data, dot-unstuffing and checks, in pieces.
 
-aiosmtpd's own DATA handler collects the whole message in a list before its
-handler sees it; mailpipe reads the same stream in pieces of at most
-``PIECE_LIMIT`` bytes and hands each piece on, so a 150 MB message costs a
-few hundred kilobytes of memory, not 150 MB.
+The DATA text is handled in the pieces the socket delivers (at most a few
+hundred kilobytes) and each piece is handed on to the spool at once, so a
+150 MB message costs a few hundred kilobytes of memory, not 150 MB.
 
 The rules (RFC 5321 4.1.1.4 and 4.5.2):
 
@@ -20,13 +19,10 @@ The rules (RFC 5321 4.1.1.4 and 4.5.2):
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Callable
 
 END_OF_DATA = b"\r\n.\r\n"
-#: Bytes of the stream handed on at once (also the StreamReader's limit).
-PIECE_LIMIT = 64 * 1024
 #: RFC 5322 2.1.1: 998 characters per line, not counting CRLF.
 RFC_LINE_LIMIT = 998
 
@@ -44,52 +40,44 @@ def _held_length(data: bytes) -> int:
     return 0
 
 
-async def read_data(
-    reader: asyncio.StreamReader,
-    deliver: Callable[[bytes], None],
-    progress: Callable[[], None] | None = None,
-) -> None:
-    """Read DATA text up to and including its end mark; ``deliver`` gets the
-    raw (still dot-stuffed) bytes before the final ``. CRLF``, in order.
+class DataScanner:
+    """Finds the end of the DATA text in the pieces the connection receives.
 
-    Only public StreamReader calls are used and nothing after the end mark
-    is consumed, so pipelined commands stay in the reader for the command
-    loop. Raises ``asyncio.IncompleteReadError`` if the client goes away.
+    ``deliver`` gets the raw (still dot-stuffed) bytes before the final
+    ``. CRLF``, in order, starting with the two virtual bytes of the line
+    start (DotUnstuffer drops them). The last up to four bytes of a piece
+    are held back while they may be the start of the end mark, so a mark
+    split across pieces is found too; nothing else is held.
     """
-    held = _VIRTUAL_LINE_START
-    while True:
-        if progress is not None:
-            progress()
-        if held:
-            # The end mark may straddle what was read and what comes: read
-            # just enough to decide (never past the earliest possible end).
-            window = held + await reader.readexactly(len(END_OF_DATA) - len(held))
-            if window == END_OF_DATA:
-                deliver(window[:2])
-                return
-            keep = _held_length(window)
-            deliver(window[: len(window) - keep])
-            held = window[len(window) - keep :]
-            continue
-        try:
-            piece = await reader.readuntil(END_OF_DATA)
-        except asyncio.LimitOverrunError as overrun:
-            # No end mark within the limit: take what surely precedes it,
-            # at most a piece at a time however much the reader holds.
-            piece = await reader.readexactly(min(overrun.consumed, PIECE_LIMIT))
-            keep = _held_length(piece)
-            deliver(piece[: len(piece) - keep])
-            held = piece[len(piece) - keep :]
-            continue
-        deliver(piece[:-3])  # the CRLF before the final dot belongs to the last line
-        return
+
+    def __init__(self, deliver: Callable[[bytes], None]) -> None:
+        self._deliver = deliver
+        self._held = _VIRTUAL_LINE_START
+
+    def feed(self, data: bytes) -> int | None:
+        """Scan ``data``; None when all of it is message text and more is to
+        come, else how many of its bytes the text and the end mark took (what
+        follows is the next command)."""
+        held = self._held
+        text = held + data if held else data
+        end = text.find(END_OF_DATA)
+        if end >= 0:
+            # The CRLF before the final dot belongs to the last line.
+            self._deliver(text[: end + 2])
+            self._held = b""
+            return end + len(END_OF_DATA) - len(held)
+        keep = _held_length(text)
+        if keep < len(text):
+            self._deliver(text[: len(text) - keep] if keep else text)
+        self._held = text[len(text) - keep :] if keep else b""
+        return None
 
 
 class DotUnstuffer:
     """Removes the transparency dot from lines that begin with one.
 
     Fed the raw stream in arbitrary pieces (starting with the virtual CRLF
-    that :func:`read_data` delivers first); a trailing CR or CRLF is held
+    that :class:`DataScanner` delivers first); a trailing CR or CRLF is held
     back until the next piece shows whether a dot follows it.
     """
 

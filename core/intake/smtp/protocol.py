@@ -1,25 +1,21 @@
-"""mailpipe's SMTP session: aiosmtpd's protocol with streamed DATA and routing.
+"""mailpipe's SMTP session: the commands, on the connection of connection.py.
 
-aiosmtpd supplies the connection handling, HELO, STARTTLS, the PROXY
-protocol parser, RSET/NOOP/QUIT/HELP and the timeouts. mailpipe replaces:
-
-- ``EHLO``: advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING,
+- ``EHLO`` advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING,
   ENHANCEDSTATUSCODES and STARTTLS (no AUTH: journaling servers are told
   apart by address and allow-list, not by password);
-- ``MAIL``: accepts the null sender, checks ``SIZE=`` against the limit
+- ``MAIL`` accepts the null sender, checks ``SIZE=`` against the limit
   (``552 5.3.4``) and ``BODY=7BIT|8BITMIME``;
-- ``RCPT``: routes each recipient to a connection (see routing.py);
-- ``DATA``: streams the message into one spool file per connection,
+- ``RCPT`` routes each recipient to a connection (see routing.py);
+- ``DATA`` streams the message into one spool file per connection and
   replies ``250`` with the queue id only after the spool fsynced it;
+- ``HELO``, ``RSET``, ``NOOP``, ``QUIT``, ``HELP``, ``VRFY``, ``EXPN``,
+  ``STARTTLS`` as RFC 5321 and RFC 3207 say; ``require_tls`` answers
+  ``530`` to everything but EHLO, NOOP, STARTTLS and QUIT before STARTTLS;
 - the PROXY header: read only from the load balancers in ``[smtp]
-  proxy_protocol_from`` (proxy.py); its client address then stands for the
+  proxy_protocol_from``; its client address then stands for the
   balancer's everywhere (limits, allow-lists, logs, the message's ``smtp``
   facts), and a listed balancer's connection without a valid header is
   dropped with a log line saying why.
-
-What of aiosmtpd's private state these need (the command stream, the
-transaction resets, the idle timer, the address parser) is reached
-through ``aiosmtpd_compat.SMTPBase``'s names, never directly.
 """
 
 from __future__ import annotations
@@ -28,29 +24,41 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from email._header_value_parser import get_addr_spec, get_angle_addr  # the stdlib's RFC 5322 parser
+from email.errors import HeaderParseError
+from typing import Awaitable, Callable
 
-from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope, Session
-
+from mailpipe.common.networks import PROXY_HEADER_TIMEOUT, TrustedBalancers, proxied_source
 from mailpipe.config import SmtpConfig
+from mailpipe.connections.metrics import METRICS
+from mailpipe.intake.smtp.connection import UNKNOWN_COMMAND_LIMIT, ConnectionBase, surrogate_text
+from mailpipe.intake.smtp.data import DataScanner
+from mailpipe.intake.smtp.limits import ConnectionLimits
+from mailpipe.intake.smtp.proxy_header import read_proxy_header
+from mailpipe.intake.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
+from mailpipe.intake.smtp.routing import Routed, Router
 from mailpipe.spool.disk_space import storage_full
 from mailpipe.spool.group_commit import GroupCommitter
-from mailpipe.intake.smtp.aiosmtpd_compat import SMTPBase
-from mailpipe.intake.smtp.data import PIECE_LIMIT, read_data
-from mailpipe.intake.smtp.limits import ConnectionLimits
-from mailpipe.common.networks import PROXY_HEADER_TIMEOUT, TrustedBalancers, proxied_source
-from mailpipe.connections.metrics import METRICS
-from mailpipe.intake.smtp.receive import MessageReceiver, Route, SessionFacts, storage_reply
-from mailpipe.intake.smtp.routing import Router
 from mailpipe.types import Envelope
 
 log = logging.getLogger("mailpipe.smtp")
 
 #: More recipients than this in one transaction get ``452 4.5.3`` (RFC 5321 4.5.3.1.8: at least 100).
 MAX_RECIPIENTS = 1000
+#: RFC 5321 4.5.3.1.4: 512 octets per command line, CRLF included; SIZE,
+#: BODY and SMTPUTF8 parameters and long addresses need more for MAIL/RCPT.
+COMMAND_LINE_LIMIT = 512
+PATH_COMMAND_LINE_LIMIT = 1024
+#: What may be sent before STARTTLS when ``require_tls`` is on (RFC 3207 4).
+ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 # <local@domain> followed by parameters; anything unusual (source routes,
-# quoted local parts) goes to aiosmtpd's full RFC 5321 parser instead.
+# quoted local parts) goes to the stdlib's full RFC 5322 address parser.
 _SIMPLE_PATH = re.compile(r'<([^<>\s"\\(),:;@]*@[^<>\s"\\(),:;@\[\]]+|)>(.*)$', re.DOTALL)
+_HELP = {
+    "DATA": "DATA", "EHLO": "EHLO hostname", "HELO": "HELO hostname", "HELP": "HELP [command]",
+    "MAIL": "MAIL FROM: <address> [SP <mail-parameters>]", "NOOP": "NOOP", "QUIT": "QUIT",
+    "RCPT": "RCPT TO: <address>", "RSET": "RSET", "STARTTLS": "STARTTLS", "VRFY": "VRFY <address>",
+}
 
 
 @dataclass
@@ -67,139 +75,129 @@ class ListenerContext:
     balancers: TrustedBalancers = field(default_factory=lambda: TrustedBalancers(()))
 
 
-class MailpipeSession(Session):
-    #: the client address from a trusted PROXY header; None when there was none
-    proxied_ip: str | None = None
+@dataclass
+class Transaction:
+    """One MAIL ... DATA transaction: sender, recipients, and the recipients
+    routed to each connection."""
+
+    mail_from: str | None = None
+    rcpt_tos: list[str] = field(default_factory=list)
+    routes: dict[str, Route] = field(default_factory=dict)
 
 
-class Transaction(AiosmtpdEnvelope):
-    """aiosmtpd's envelope plus the routed recipients, per connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes: dict[str, Route] = {}
-
-
-class ProxyHandler:
-    """aiosmtpd calls ``handle_PROXY`` with a valid PROXY header (v1 or v2),
-    only on connections from a listed load balancer (see MailpipeSMTP).
-
-    The proxied source becomes the session's client: ``Envelope.proxied_ip``
-    (what allow-lists check), the per-client connection count, the logs and
-    the message's ``smtp.peer_ip``. A header without a source address
-    (``PROXY UNKNOWN``, v2 ``LOCAL`` health checks) keeps the TCP peer.
-    Returning False closes the connection without a greeting.
-    """
-
-    async def handle_PROXY(self, server: "MailpipeSMTP", session: MailpipeSession, envelope: Any, proxy_data: Any) -> bool:
-        session.proxied_ip = proxied_source(proxy_data)
-        return server.proxy_header_read()
-
-
-class MailpipeSMTP(SMTPBase):
-    # aiosmtpd sizes its StreamReader by this: DATA is read in pieces of up
-    # to PIECE_LIMIT. Command lines are still held to command_size_limit.
-    line_length_limit = PIECE_LIMIT
-
+class MailpipeSMTP(ConnectionBase):
     def __init__(self, context: ListenerContext) -> None:
-        settings = context.settings
-        super().__init__(
-            ProxyHandler(),
-            data_size_limit=settings.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=context.hostname,
-            ident="ESMTP mailpipe",
-            tls_context=context.tls_context,
-            require_starttls=bool(settings.require_tls and context.tls_context),
-            # An inactivity timeout (RFC 5321 4.5.3.2: at least 5 minutes),
-            # re-armed by every command and by every chunk received in DATA.
-            timeout=settings.idle_timeout,
-            # Set per connection, for listed load balancers only (connection_made).
-            proxy_protocol_timeout=None,
-        )
+        super().__init__(context.settings.idle_timeout)
         self.context = context
-        # Room for SIZE/BODY/SMTPUTF8 parameters (a per-session table: see aiosmtpd_compat).
-        self.command_size_limits.update({"MAIL": 1024, "RCPT": 1024})
-        self.envelope: Transaction | None = None
+        self.hostname = context.hostname
+        self.max_message_size = context.settings.max_message_size
+        #: the TCP peer: the client, or the load balancer it came through
+        self.peer_ip = ""
+        #: the client address from a trusted PROXY header; None when there was none
+        self.proxied_ip: str | None = None
+        #: aiosmtpd's parsed PROXY header (or its reason for refusing it)
+        self.proxy_data: object | None = None
+        self.helo = ""
+        self.extended_smtp = False
+        self.uses_tls = False
+        self.transaction = Transaction()
+        self._receiver: MessageReceiver | None = None
+        self._scanner: DataScanner | None = None
+        self._unknown_commands = 0
         self._admitted = False  # counted under the connection limits
         self._counted_ip: str | None = None  # the client it is counted under
         self._refused = False
-        self._receiving_data = False
         self._awaiting_proxy_header = False
         self._client_closed = False
         self._bytes_received = 0
         self._header_deadline = 0.0
 
-    # --- session plumbing ---------------------------------------------------
+    # --- the connection ------------------------------------------------------
 
-    def create_session(self) -> MailpipeSession:
-        return MailpipeSession(self.loop)
-
-    def create_transaction(self) -> Transaction:
-        return Transaction()
-
-    def connection_made(self, transport: Any) -> None:
-        if not self._admitted:  # not the second call STARTTLS makes
-            peer = transport.get_extra_info("peername")
-            peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            # A balancer's client is known only from its header: until then
-            # only the total limit applies (ProxyHandler counts the client).
-            self._awaiting_proxy_header = self.context.balancers.sends_header(peer_ip)
-            client_ip = None if self._awaiting_proxy_header else peer_ip
-            refusal = self.context.limits.admit(client_ip)
-            if refusal is not None:
-                # Before any session exists: nothing to clean up but the socket.
-                self._refused = True
-                transport.write(f"421 4.7.0 {self.context.hostname} {refusal}\r\n".encode())
-                transport.close()
-                return
-            self._admitted = True
-            self._counted_ip = client_ip
-            if self._awaiting_proxy_header:
-                self.expect_proxy_header(PROXY_HEADER_TIMEOUT)
-                self._header_deadline = self.loop.time() + PROXY_HEADER_TIMEOUT
-        # STARTTLS calls this again and aiosmtpd starts a new session: the
-        # client behind the balancer is still the same one.
-        proxied_ip = self.session.proxied_ip if self.session is not None else None
-        super().connection_made(transport)
-        if self.session is not None:
-            self.session.proxied_ip = proxied_ip
+    def connection_made(self, transport: object) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        # A balancer's client is known only from its header: until then
+        # only the total limit applies (proxy_header_read counts the client).
+        self._awaiting_proxy_header = self.context.balancers.sends_header(self.peer_ip)
+        client_ip = None if self._awaiting_proxy_header else self.peer_ip
+        refusal = self.context.limits.admit(client_ip)
+        if refusal is not None:
+            self._refused = True
+            self.reply(f"421 4.7.0 {self.hostname} {refusal}")
+            self.close()
+            return
+        self._admitted = True
+        self._counted_ip = client_ip
         self.context.sessions.add(self)
+        if self._awaiting_proxy_header:
+            self.touch(PROXY_HEADER_TIMEOUT)
+            self._header_deadline = self.loop.time() + PROXY_HEADER_TIMEOUT
+            self.start_step(self._read_proxy_header)
+        else:
+            self.reply(f"220 {self.hostname} ESMTP mailpipe")
+            self.flush()
+
+    async def _read_proxy_header(self) -> None:
+        try:
+            self.proxy_data = await read_proxy_header(self.unread, self.receive_more)
+        except (ConnectionError, ValueError):
+            self.close()  # cut, or no end: connection_lost says which
+            return
+        if not self.proxy_data:
+            self.close()  # invalid: connection_lost logs the parser's reason
+            return
+        self.proxied_ip = proxied_source(self.proxy_data)
+        if not self.proxy_header_read():
+            self.close()
+            return
+        self.touch()
+        self.reply(f"220 {self.hostname} ESMTP mailpipe")
 
     def proxy_header_read(self) -> bool:
         """A listed balancer's header was valid: count the connection under its
-        client; False (a 421 written) when that client is over its limit."""
+        client; False (a 421 queued) when that client is over its limit."""
         self._awaiting_proxy_header = False
         client_ip = self.client_ip
         refusal = self.context.limits.identify(client_ip)
         if refusal is not None:
-            assert self.transport is not None
-            self.transport.write(f"421 4.7.0 {self.context.hostname} {refusal}\r\n".encode())
+            self.reply(f"421 4.7.0 {self.hostname} {refusal}")
             return False
         self._counted_ip = client_ip
         return True
 
+    def data_received(self, data: bytes) -> None:
+        self._bytes_received += len(data)
+        super().data_received(data)
+
+    def on_client_closed(self) -> None:
+        self._client_closed = True
+
     def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
         if self._refused:
             return
         if self._awaiting_proxy_header:
+            self.cancel_step()
             self._log_missing_proxy_header()
         if self._admitted and self in self.context.sessions:
             self.context.limits.release(self._counted_ip)
         self.context.sessions.discard(self)
-        super().connection_lost(error)
-
-    def eof_received(self) -> bool | None:
-        self._client_closed = True
-        return super().eof_received()
+        if self._receiver is not None and self.in_data:
+            # Gone in the middle of DATA: nothing was acknowledged, the sender
+            # retries; the partial spool files go now.
+            self._receiver.abort()
+            self._receiver = None
+            self.in_data = False
 
     def _log_missing_proxy_header(self) -> None:
         """Why a listed balancer's connection ended before its PROXY header was
         accepted: one rate-limited warning per balancer and cause."""
-        parsed = self.session.proxy_data if self.session else None
+        parsed = self.proxy_data
         if parsed is not None and getattr(parsed, "error", ""):
-            kind, cause = "invalid", f"its PROXY header is invalid ({parsed.error})"
+            kind, cause = "invalid", f"its PROXY header is invalid ({getattr(parsed, 'error')})"
         elif self._client_closed and self._bytes_received == 0:
             # A TCP health check (HAProxy's `check` without check-send-proxy):
             # connects and closes; not worth a warning.
@@ -223,92 +221,174 @@ class MailpipeSMTP(SMTPBase):
             peer_ip=self.peer_ip, cause=cause,
         )
 
-    def data_received(self, data: bytes) -> None:
-        self._bytes_received += len(data)
-        super().data_received(data)
-        if self._receiving_data:
-            # A sender that keeps sending is never idle, however slowly its
-            # bytes arrive (DATA is read in 64 KiB pieces, which a slow link
-            # may take longer than the idle timeout to fill).
-            self.reset_idle_timer()
-
-    @property
-    def peer_ip(self) -> str:
-        """The TCP peer: the client, or the load balancer it came through."""
-        peer = self.session.peer if self.session else None
-        return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    def on_idle_timeout(self) -> None:
+        if not self._awaiting_proxy_header:
+            self.reply(f"421 4.4.2 {self.hostname} no command for {self.idle_timeout:g} seconds; closing")
 
     @property
     def client_ip(self) -> str:
         """The SMTP client: a trusted PROXY header's source, else the TCP peer."""
-        proxied = self.session.proxied_ip if self.session else None
-        return proxied or self.peer_ip
+        return self.proxied_ip or self.peer_ip
 
     @property
     def balancer_ip(self) -> str | None:
         """The load balancer the client came through; None for a direct client."""
-        return self.peer_ip if self.session is not None and self.session.proxied_ip else None
+        return self.peer_ip if self.proxied_ip else None
 
-    async def check_helo_needed(self, helo: str = "HELO") -> bool:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self.push("503 5.5.1 send EHLO (or HELO) first")
+    # --- command lines -----------------------------------------------------------
+
+    def handle_line(self, line: bytes) -> None:
+        if not line:
+            self.reply("500 5.5.2 Error: bad syntax")
+            return
+        verb_bytes, _, argument = line.partition(b" ")
+        try:
+            verb = verb_bytes.upper().decode("ascii")
+        except UnicodeDecodeError:
+            self.reply("500 5.5.2 Error: bad syntax")
+            return
+        limit = PATH_COMMAND_LINE_LIMIT if self.extended_smtp and verb in ("MAIL", "RCPT") else COMMAND_LINE_LIMIT
+        if len(line) > limit:
+            self.reply("500 5.5.2 Command line too long")
+            return
+        if self.context.settings.require_tls and self.context.tls_context is not None and not self.uses_tls \
+                and verb not in ALLOWED_BEFORE_STARTTLS:
+            self.reply("530 5.7.0 Must issue a STARTTLS command first")
+            return
+        command = _COMMANDS.get(verb)
+        if command is None:
+            self._unknown_commands += 1
+            if self._unknown_commands >= UNKNOWN_COMMAND_LIMIT:
+                self.reply("502 5.5.1 Too many unrecognized commands, goodbye.")
+                self.close()
+                return
+            self.reply(f'500 5.5.2 Error: command "{verb}" not recognized')
+            return
+        self.touch()
+        command(self, surrogate_text(argument.strip()) if argument else "")
+
+    def _needs_helo(self) -> bool:
+        if not self.helo:
+            self.reply("503 5.5.1 send EHLO (or HELO) first")
             return True
         return False
 
+    def reset_transaction(self) -> None:
+        """Forget sender and recipients (RSET, EHLO, HELO, the end of DATA)."""
+        self.transaction = Transaction()
+
     # --- commands ------------------------------------------------------------
 
-    async def smtp_EHLO(self, hostname: str) -> None:
+    def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            self.reply("501 5.5.4 Syntax: EHLO hostname")
             return
         self.reset_transaction()
-        assert self.session is not None
-        self.session.extended_smtp = True
-        self.session.host_name = hostname
-        lines = [
-            self.hostname,
-            f"SIZE {self.data_size_limit}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "PIPELINING",
-            "ENHANCEDSTATUSCODES",
-        ]
-        if self.tls_context and not self.uses_tls:
+        self.extended_smtp = True
+        self.helo = hostname
+        lines = [self.hostname, f"SIZE {self.max_message_size}", "8BITMIME", "SMTPUTF8", "PIPELINING",
+                 "ENHANCEDSTATUSCODES"]
+        if self.context.tls_context and not self.uses_tls:
             lines.append("STARTTLS")
         lines.append("HELP")
-        await self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+        self.reply("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
 
-    async def smtp_AUTH(self, arg: str) -> None:
-        await self.push("502 5.5.1 AUTH is not offered here")
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+    def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            self.reply("501 5.5.4 Syntax: HELO hostname")
             return
-        syntax = "501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]"
-        rest = self.strip_keyword("FROM:", arg or "")
+        self.reset_transaction()
+        self.extended_smtp = False
+        self.helo = hostname
+        self.reply(f"250 {self.hostname}")
+
+    def smtp_AUTH(self, arg: str) -> None:
+        self.reply("502 5.5.1 AUTH is not offered here")
+
+    def smtp_NOOP(self, arg: str) -> None:
+        self.reply("250 2.0.0 OK")
+
+    def smtp_RSET(self, arg: str) -> None:
+        if arg:
+            self.reply("501 5.5.4 Syntax: RSET")
+            return
+        self.reset_transaction()
+        self.reply("250 2.0.0 OK")
+
+    def smtp_QUIT(self, arg: str) -> None:
+        if arg:
+            self.reply("501 5.5.4 Syntax: QUIT")
+            return
+        self.reply("221 2.0.0 Bye")
+        self.close()
+
+    def smtp_HELP(self, arg: str) -> None:
+        available = sorted(verb for verb in _HELP if verb != "STARTTLS" or self.context.tls_context)
+        if arg:
+            verb = arg.upper()
+            if verb in available:
+                self.reply(f"250 Syntax: {_HELP[verb]}")
+                return
+        self.reply(f"{501 if arg else 250} Supported commands: {' '.join(available)}")
+
+    def smtp_VRFY(self, arg: str) -> None:
+        if not arg:
+            self.reply("501 5.5.4 Syntax: VRFY <address>")
+        elif self._parse_path(arg)[0] is None:
+            self.reply(f"502 5.5.4 Could not VRFY {arg}")
+        else:
+            self.reply("252 2.1.5 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, arg: str) -> None:
+        self.reply("502 5.5.1 EXPN not implemented")
+
+    def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            self.reply("501 5.5.4 Syntax: STARTTLS")
+            return
+        tls_context = self.context.tls_context
+        if tls_context is None:
+            self.reply("454 4.7.0 TLS not available")
+            return
+        if self.uses_tls:
+            self.reply("503 5.5.1 TLS is already active")
+            return
+        self.prepare_tls()
+        self.reply("220 2.0.0 Ready to start TLS")
+        self.start_step(lambda: self._start_tls(tls_context))
+
+    async def _start_tls(self, tls_context: ssl.SSLContext) -> None:
+        if await self.start_tls(tls_context):
+            # RFC 3207 4.2: a new session; the client behind a balancer stays.
+            self.uses_tls = True
+            self.helo = ""
+            self.extended_smtp = False
+            self.reset_transaction()
+            self.touch()
+
+    def smtp_MAIL(self, arg: str) -> None:
+        if self._needs_helo():
+            return
+        rest = _strip_keyword("FROM:", arg)
         if rest is None:
-            await self.push(syntax)
+            self.reply("501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]")
             return
         address, parameters = self._parse_path(rest)
         if address is None:
-            await self.push("553 5.1.7 malformed sender address")
+            self.reply("553 5.1.7 malformed sender address")
             return
-        assert self.envelope is not None and self.session is not None
-        if self.envelope.mail_from is not None:
-            await self.push("503 5.5.1 nested MAIL command; send RSET first")
+        if self.transaction.mail_from is not None:
+            self.reply("503 5.5.1 nested MAIL command; send RSET first")
             return
         problem = self._check_mail_parameters(parameters)
         if problem:
-            await self.push(problem)
+            self.reply(problem)
             return
-        self.envelope.mail_from = address
-        self.envelope.mail_options = parameters.split()
-        await self.push("250 2.1.0 OK")
+        self.transaction.mail_from = address
+        self.reply("250 2.1.0 OK")
 
     def _check_mail_parameters(self, text: str) -> str | None:
-        assert self.session is not None
-        if text.strip() and not self.session.extended_smtp:
+        if text.strip() and not self.extended_smtp:
             return "501 5.5.4 MAIL parameters need EHLO, not HELO"
         for parameter in text.split():
             key, _, value = parameter.partition("=")
@@ -316,8 +396,8 @@ class MailpipeSMTP(SMTPBase):
             if key == "SIZE":
                 if not value.isdigit():
                     return "501 5.5.4 SIZE needs a number of bytes"
-                if self.data_size_limit and int(value) > self.data_size_limit:
-                    return f"552 5.3.4 message size exceeds the limit of {self.data_size_limit} bytes"
+                if self.max_message_size and int(value) > self.max_message_size:
+                    return f"552 5.3.4 message size exceeds the limit of {self.max_message_size} bytes"
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
                     return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
@@ -328,32 +408,37 @@ class MailpipeSMTP(SMTPBase):
                 return f"555 5.5.4 MAIL parameter {key} is not supported"
         return None
 
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+    def smtp_RCPT(self, arg: str) -> None:
+        if self._needs_helo():
             return
-        assert self.envelope is not None and self.session is not None
-        if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 need MAIL command first")
+        transaction = self.transaction
+        if transaction.mail_from is None:
+            self.reply("503 5.5.1 need MAIL command first")
             return
-        rest = self.strip_keyword("TO:", arg or "")
+        rest = _strip_keyword("TO:", arg)
         address, parameters = self._parse_path(rest) if rest is not None else (None, "")
         if not address:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            self.reply("501 5.5.4 Syntax: RCPT TO:<address>")
             return
         if parameters.strip():
-            await self.push("555 5.5.4 RCPT parameters are not supported")
+            self.reply("555 5.5.4 RCPT parameters are not supported")
             return
-        if len(self.envelope.rcpt_tos) >= MAX_RECIPIENTS:
-            await self.push(f"452 4.5.3 too many recipients; at most {MAX_RECIPIENTS} per message")
+        if len(transaction.rcpt_tos) >= MAX_RECIPIENTS:
+            self.reply(f"452 4.5.3 too many recipients; at most {MAX_RECIPIENTS} per message")
             return
-        envelope = Envelope(
-            peer_ip=self.peer_ip,
-            helo=self.session.host_name or "",
-            mail_from=self.envelope.mail_from,
-            rcpt_to=address,
-            proxied_ip=self.session.proxied_ip,
-        )
-        routed = await self.context.router.route(envelope)
+        envelope = Envelope(peer_ip=self.peer_ip, helo=self.helo, mail_from=transaction.mail_from,
+                            rcpt_to=address, proxied_ip=self.proxied_ip)
+        routed = self.context.router.route(envelope)
+        if isinstance(routed, Routed):
+            self._add_recipient(transaction, envelope, routed)
+        else:  # an ``async def`` accept: answered when it has decided
+            self.start_step(lambda: self._route_later(transaction, envelope, routed))
+
+    async def _route_later(self, transaction: Transaction, envelope: Envelope, routing: Awaitable[Routed]) -> None:
+        self._add_recipient(transaction, envelope, await routing)
+
+    def _add_recipient(self, transaction: Transaction, envelope: Envelope, routed: Routed) -> None:
+        address = envelope.rcpt_to
         if routed.connection is None:
             METRICS.recipients_refused.labels(routed.refusal_reason or "refused", routed.reply[:1] + "xx").inc()
             log.info(
@@ -362,61 +447,76 @@ class MailpipeSMTP(SMTPBase):
                        "reason": routed.refusal_reason, "reply": routed.reply},
             )
         else:
-            route = self.envelope.routes.get(routed.connection.id)
+            route = transaction.routes.get(routed.connection.id)
             if route is None:
-                route = self.envelope.routes[routed.connection.id] = Route(routed.connection, arrival=routed.arrival)
+                route = transaction.routes[routed.connection.id] = Route(routed.connection, arrival=routed.arrival)
             if address not in route.recipients:
                 route.recipients.append(address)
-            self.envelope.rcpt_tos.append(address)
-        await self.push(routed.reply)
+            transaction.rcpt_tos.append(address)
+        self.reply(routed.reply)
 
-    async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+    def smtp_DATA(self, arg: str) -> None:
+        if self._needs_helo():
             return
-        assert self.envelope is not None and self.session is not None
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            self.reply("501 5.5.4 Syntax: DATA")
             return
-        if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 need MAIL command first")
+        if self.transaction.mail_from is None:
+            self.reply("503 5.5.1 need MAIL command first")
             return
-        if not self.envelope.routes:
-            await self.push("554 5.5.1 no valid recipients")
+        if not self.transaction.routes:
+            self.reply("554 5.5.1 no valid recipients")
             return
+        receiver = MessageReceiver.open_ready(self.context.committer, *self._receiver_arguments())
+        if receiver is None:  # the spool's pool of ready files is empty (or the disk is full)
+            self.start_step(self._open_data)
+        else:
+            self._begin_data(receiver)
+
+    async def _open_data(self) -> None:
         try:
-            receiver = await self._open_receiver()
+            receiver = await MessageReceiver.open(self.context.committer, *self._receiver_arguments())
         except OSError as error:
             if not storage_full(error):  # disk full is logged by the spool, rate-limited
                 log.error("could not create spool files for a message", extra={"error": str(error)})
-            self.end_transaction()
-            await self.push(storage_reply(error))
+            self.reset_transaction()
+            self.reply(storage_reply(error))
             return
+        if self.closed:
+            receiver.abort()
+            return
+        self._begin_data(receiver)
+
+    def _receiver_arguments(self) -> tuple[list[Route], SmtpConfig, SessionFacts]:
+        transaction = self.transaction
+        assert transaction.mail_from is not None
+        facts = SessionFacts(peer_ip=self.client_ip, balancer_ip=self.balancer_ip, helo=self.helo,
+                             mail_from=transaction.mail_from, tls=self.uses_tls)
+        return list(transaction.routes.values()), self.context.settings, facts
+
+    def _begin_data(self, receiver: MessageReceiver) -> None:
+        self._receiver = receiver
+        self._scanner = DataScanner(receiver.feed)
+        self.in_data = True
+        self.reply("354 End data with <CR><LF>.<CR><LF>")
+
+    def handle_data_text(self, data: bytes) -> int | None:
+        assert self._scanner is not None
+        used = self._scanner.feed(data)
+        if used is not None:
+            self.in_data = False
+            self.start_step(self._finish_data)
+        return used
+
+    async def _finish_data(self) -> None:
+        receiver, self._receiver, self._scanner = self._receiver, None, None
+        assert receiver is not None
         try:
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
-            self._receiving_data = True
-            await read_data(self.command_reader, receiver.feed, self.reset_idle_timer)
-            self._receiving_data = False
             reply = await receiver.finish()
         finally:
-            self._receiving_data = False
-            receiver.abort()
-            self.end_transaction()
-        await self.push(reply)
-
-    async def _open_receiver(self) -> MessageReceiver:
-        assert self.envelope is not None and self.session is not None
-        return await MessageReceiver.open(
-            self.context.committer,
-            list(self.envelope.routes.values()),
-            self.context.settings,
-            SessionFacts(
-                peer_ip=self.client_ip,
-                balancer_ip=self.balancer_ip,
-                helo=self.session.host_name or "",
-                mail_from=self.envelope.mail_from,
-                tls=self.uses_tls,
-            ),
-        )
+            receiver.abort()  # what was not committed
+            self.reset_transaction()
+        self.reply(reply)
 
     # --- helpers -------------------------------------------------------------
 
@@ -427,7 +527,38 @@ class MailpipeSMTP(SMTPBase):
         match = _SIMPLE_PATH.match(text)
         if match:
             return match.group(1), match.group(2)
-        address, rest = self.parse_address(text)
-        if address == "<>":
-            address = ""
-        return address, rest or ""
+        return _parse_unusual_path(text)
+
+
+#: The commands, by verb (a class-level table: nothing to build per connection).
+_COMMANDS: dict[str, Callable[[MailpipeSMTP, str], None]] = {
+    verb: getattr(MailpipeSMTP, f"smtp_{verb}")
+    for verb in ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY", "EXPN",
+                 "STARTTLS", "AUTH")
+}
+
+
+def _strip_keyword(keyword: str, arg: str) -> str | None:
+    """``"FROM:<a@b> SIZE=1"`` → ``"<a@b> SIZE=1"`` for ``FROM:`` (any case);
+    None when the argument does not start with it."""
+    if arg[: len(keyword)].upper() == keyword:
+        return arg[len(keyword):].strip()
+    return None
+
+
+def _parse_unusual_path(text: str) -> tuple[str | None, str]:
+    """Source routes, quoted local parts, addresses without brackets: the
+    stdlib's RFC 5322 parser (what aiosmtpd uses too)."""
+    if not text:
+        return "", ""
+    try:
+        if text.startswith("<"):
+            address, rest = get_angle_addr(text)
+        else:
+            address, rest = get_addr_spec(text)
+    except (HeaderParseError, IndexError, ValueError):
+        return None, ""
+    found = address.addr_spec
+    if found == "<>":
+        found = ""
+    return found, rest or ""

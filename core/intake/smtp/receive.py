@@ -100,6 +100,22 @@ class MessageReceiver:
             raise
         return cls(writers, committer.commit, routes, settings, facts)
 
+    @classmethod
+    def open_ready(
+        cls, committer: GroupCommitter, routes: list[Route], settings: SmtpConfig, facts: SessionFacts
+    ) -> "MessageReceiver | None":
+        """:meth:`open` without waiting, when the committer's pool has a staged
+        message for every route (the usual case); None means "call open"."""
+        writers: list[StagedMessage] = []
+        for route in routes:
+            staged = committer.take_ready(dict(route.arrival))
+            if staged is None:
+                for writer in writers:
+                    writer.abort()
+                return None
+            writers.append(staged)
+        return cls(writers, committer.commit, routes, settings, facts)
+
     # --- while DATA arrives ----------------------------------------------------
 
     def feed(self, raw: bytes) -> None:

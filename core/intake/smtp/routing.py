@@ -21,10 +21,11 @@ accepted                                        ``250 2.1.5``
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Awaitable, Protocol
 
 from mailpipe.config import SmtpConfig
 from mailpipe.plugin_host import PluginHost
@@ -65,7 +66,10 @@ class Router:
         self.host = host
         self.settings = settings
 
-    async def route(self, envelope: Envelope) -> Routed:
+    def route(self, envelope: Envelope) -> "Routed | Awaitable[Routed]":
+        """The answer for one RCPT TO: at once when the connection type's
+        ``accept`` is a plain function (both built-in types), else an
+        awaitable of it (an ``async def`` accept)."""
         connection = self.directory.for_address(envelope.rcpt_to)
         # Replies quote the address; a NUL or an escape sequence in it must not
         # reach the sender's logs or terminal as is.
@@ -80,14 +84,30 @@ class Router:
                 refusal_reason="type-missing",
             )
         try:
-            decision = await self.host.accept(connection, envelope)
+            answer = self.host.accept_answer(connection, envelope)
         except Exception as error:  # a broken plugin must not lose mail: the sender retries
-            log.error(
-                "accept failed; replying with a temporary error",
-                extra={"connection": connection.id, "type": connection.type, "error": repr(error)},
-            )
-            return Routed("451 4.3.0 temporary error deciding on this recipient; try again later",
-                          refusal_reason="hook-failed")
+            return self._failed(connection, error)
+        if inspect.isawaitable(answer):
+            return self._decided_later(connection, address, answer)
+        return self._decided(connection, address, answer)
+
+    async def _decided_later(self, connection: Connection, address: str, answer: Awaitable[object]) -> Routed:
+        try:
+            decision = await answer
+        except Exception as error:
+            return self._failed(connection, error)
+        return self._decided(connection, address, decision)
+
+    def _failed(self, connection: Connection, error: Exception) -> Routed:
+        log.error(
+            "accept failed; replying with a temporary error",
+            extra={"connection": connection.id, "type": connection.type, "error": repr(error)},
+        )
+        return Routed("451 4.3.0 temporary error deciding on this recipient; try again later",
+                      refusal_reason="hook-failed")
+
+    def _decided(self, connection: Connection, address: str, answer: object) -> Routed:
+        decision = answer if isinstance(answer, Decision) else None
         if decision is None:
             return Routed(
                 f"451 4.3.5 <{address}>: no installed plugin decides for connection type "

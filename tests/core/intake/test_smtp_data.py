@@ -1,20 +1,19 @@
-"""The streaming DATA reader, dot-unstuffing, content checks, listen addresses
+"""The DATA scanner, dot-unstuffing, content checks, listen addresses
 and reply formatting, without a network."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
 
 from mailpipe.errors import ConfigError
 from mailpipe.message.addresses import ListenAddress, parse_listen
-from mailpipe.intake.smtp.data import DataChecks, DotUnstuffer, read_data
+from mailpipe.intake.smtp.data import DataChecks, DataScanner, DotUnstuffer
 from mailpipe.intake.smtp.routing import reply_line
 from mailpipe.types import Decision, Verdict
 
-AFTER = b"QUIT\r\n"  # a pipelined command that must stay in the reader
+AFTER = b"QUIT\r\n"  # a pipelined command: not part of the message
 
 
 def stuff(message: bytes) -> bytes:
@@ -25,37 +24,31 @@ def stuff(message: bytes) -> bytes:
     return wire + b".\r\n"
 
 
-def receive(wire: bytes, pieces: list[int], limit: int) -> tuple[bytes, bytes, DataChecks]:
-    """Feed ``wire`` in the given piece sizes; return the message, what is left
-    in the reader, and the checks."""
+def receive(wire: bytes, pieces: list[int]) -> tuple[bytes, bytes, DataChecks]:
+    """Feed ``wire`` to the scanner in the given piece sizes (then the rest at
+    once), as the connection does; return the message, what follows the end
+    mark, and the checks."""
+    unstuffer, checks, out = DotUnstuffer(), DataChecks(), []
 
-    async def run() -> tuple[bytes, bytes, DataChecks]:
-        reader = asyncio.StreamReader(limit=limit)
-        unstuffer, checks, out = DotUnstuffer(), DataChecks(), []
+    def deliver(raw: bytes) -> None:
+        data = unstuffer.feed(raw)
+        checks.observe(data)
+        out.append(data)
 
-        def deliver(raw: bytes) -> None:
-            data = unstuffer.feed(raw)
-            checks.observe(data)
-            out.append(data)
-
-        async def feed() -> None:
-            position = 0
-            for size in pieces:
-                reader.feed_data(wire[position : position + size])
-                position += size
-                await asyncio.sleep(0)
-            reader.feed_data(wire[position:])
-            reader.feed_eof()
-
-        feeder = asyncio.create_task(feed())
-        await read_data(reader, deliver)
-        tail = unstuffer.flush()
-        checks.observe(tail)
-        out.append(tail)
-        await feeder
-        return b"".join(out), await reader.read(), checks
-
-    return asyncio.run(run())
+    scanner = DataScanner(deliver)
+    position, left = 0, None
+    for size in [*pieces, len(wire)]:
+        piece = wire[position : position + size]
+        position += len(piece)
+        used = scanner.feed(piece)
+        if used is not None:
+            left = piece[used:] + wire[position:]
+            break
+    assert left is not None, "the end mark was not found"
+    tail = unstuffer.flush()
+    checks.observe(tail)
+    out.append(tail)
+    return b"".join(out), left, checks
 
 
 ATOMS = [b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"..", b"\x00", b"\r\n.\r", b"\xff"]
@@ -68,9 +61,8 @@ def test_random_messages_survive_any_split() -> None:
         if message and not message.endswith(b"\r\n"):
             message += b"\r\n"
         pieces = [generator.randint(0, 7) for _ in range(generator.randint(0, 12))]
-        limit = generator.choice([8, 13, 64, 64 * 1024])
-        got, left, checks = receive(stuff(message) + AFTER, pieces, limit)
-        assert got == message, (message, pieces, limit)
+        got, left, checks = receive(stuff(message) + AFTER, pieces)
+        assert got == message, (message, pieces)
         assert left == AFTER
         assert checks.size == len(message)
 
@@ -88,45 +80,43 @@ def test_random_messages_survive_any_split() -> None:
     ],
 )
 def test_edge_cases(message: bytes) -> None:
-    for limit in (8, 64 * 1024):
-        got, left, _ = receive(stuff(message) + AFTER, [1] * 20, limit)
+    for pieces in ([1] * 20, [3] * 7, []):
+        got, left, _ = receive(stuff(message) + AFTER, pieces)
         assert got == message and left == AFTER
 
 
 def test_end_mark_is_only_crlf_dot_crlf() -> None:
     wire = b"a\n.\nb\n.\r\nc\r\n.\nd\r\n.\r\n"
-    got, left, _ = receive(wire + AFTER, [], 64)
+    got, left, _ = receive(wire + AFTER, [])
     # ".\nd" after a CRLF is a line that begins with a dot: unstuffed
     assert got == b"a\n.\nb\n.\r\nc\r\n\nd\r\n" and left == AFTER
 
 
-def test_big_message_in_bounded_pieces() -> None:
+def test_big_message_in_pieces_holds_at_most_the_end_mark_back() -> None:
     line = b"." + b"z" * 77 + b"\r\n"
     message = line * 20000  # 1.6 MB, every line dot-stuffed
-    sizes: list[int] = []
+    wire = stuff(message)
+    unstuffer, out, delivered = DotUnstuffer(), [], [0]
 
-    async def run() -> bytes:
-        reader = asyncio.StreamReader(limit=64 * 1024)
-        unstuffer, out = DotUnstuffer(), []
-        reader.feed_data(stuff(message))
-        reader.feed_eof()
+    def deliver(raw: bytes) -> None:
+        delivered[0] += len(raw)
+        out.append(unstuffer.feed(raw))
 
-        def deliver(raw: bytes) -> None:
-            sizes.append(len(raw))
-            out.append(unstuffer.feed(raw))
-
-        await read_data(reader, deliver)
-        out.append(unstuffer.flush())
-        return b"".join(out)
-
-    assert asyncio.run(run()) == message
-    assert max(sizes) <= 64 * 1024
+    scanner = DataScanner(deliver)
+    piece_size = 64 * 1024
+    for position in range(0, len(wire), piece_size):
+        used = scanner.feed(wire[position : position + piece_size])
+        if used is None:
+            # everything received so far was handed on, but for a possible end mark's start
+            assert position + piece_size + 2 - delivered[0] <= 4
+    out.append(unstuffer.flush())
+    assert b"".join(out) == message
 
 
 def test_checks() -> None:
     def observe(*pieces: bytes) -> DataChecks:
         unstuffer, checks = DotUnstuffer(), DataChecks()
-        for piece in (b"\r\n", *pieces):  # read_data starts every message with a virtual CRLF
+        for piece in (b"\r\n", *pieces):  # the scanner starts every message with a virtual CRLF
             checks.observe(unstuffer.feed(piece))
         checks.observe(unstuffer.flush())
         return checks
@@ -137,17 +127,6 @@ def test_checks() -> None:
     assert not clean.bare_lf and not clean.nul and clean.longest_line == 3
     long_line = observe(b"x" * 700, b"y" * 700 + b"\r\n", b"short\r\n")
     assert long_line.longest_line == 1400 and not long_line.bare_lf
-
-
-def test_truncated_stream_raises() -> None:
-    async def run() -> None:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"Subject: cut\r\n\r\nbody")
-        reader.feed_eof()
-        await read_data(reader, lambda raw: None)
-
-    with pytest.raises(asyncio.IncompleteReadError):
-        asyncio.run(run())
 
 
 # --- listen addresses -----------------------------------------------------------------
