@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import ROOT, Mailpipe, free_port, peak_rss_mib, process_tree, stop_process, wait_for_banner
+from benchlib import ROOT, Mailpipe, cpu_seconds, free_port, peak_rss_mib, process_tree, stop_process, wait_for_banner
 
 SENDER = "journal-sender@contoso.com"
 ANY_RECIPIENT = "anyone@journal.bench"
@@ -84,6 +84,8 @@ class Peer:
     recipient: str = ANY_RECIPIENT
     process: subprocess.Popen | None = None
     rates: dict[str, list[float]] = field(default_factory=dict)  # mode -> msg/s per round
+    #: mode -> the peer's CPU time (all its processes, user + system) per message, ms, per round
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     peak_rss: float = 0.0  # MiB, summed over the peer's processes
 
     def start(self) -> None:
@@ -292,6 +294,7 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> tuple[fl
 def measure(peer: Peer, mode: str, send: Callable[..., float], args: argparse.Namespace, number: int) -> str:
     """One timed round of one peer in one mode; returns the round's text for that peer."""
     before = peer.stored()
+    cpu_before = cpu_seconds(peer.pids())
     started = time.perf_counter()
     seconds = send(peer.port, args.messages, args.sessions, args.size, peer.recipient, mode == "reused")
     peer.rates.setdefault(mode, []).append(args.messages / seconds)
@@ -302,11 +305,13 @@ def measure(peer: Peer, mode: str, send: Callable[..., float], args: argparse.Na
             raise RuntimeError(f"round {number}: {peer.label} archived {archived} of {args.messages} messages")
         archived_rate = args.messages / (time.perf_counter() - started)
         peer.archived_rates.setdefault(mode, []).append(archived_rate)
+        # mailpipe's CPU time counts its archiving too (until the round is archived).
         text += f" (archived {archived_rate:,.0f})"
     elif before is not None:
         stored = peer.stored() - before
         if stored != args.messages:
             raise RuntimeError(f"round {number}: {peer.label} stored {stored} of {args.messages} messages")
+    peer.cpu_ms.setdefault(mode, []).append((cpu_seconds(peer.pids()) - cpu_before) * 1000 / args.messages)
     return text
 
 
@@ -343,6 +348,14 @@ def report(peers: list[Peer], modes: list[str], skipped: dict[str, str], args: a
             print(f"| {peer.label}, archived end to end | " + " | ".join(cells) + " | |")
     for name, reason in skipped.items():
         print(f"| {name} | " + " | ".join("skipped" for _ in modes) + f" | {reason} |")
+
+    # Less sensitive to a busy machine than the rates: what each message cost
+    # the peer's own processes (mailpipe: intake and archiving, until archived).
+    print("\nCPU time per message, ms (user + system, all the peer's processes; median of the rounds):\n")
+    print("| peer | " + " | ".join(MODES[mode] for mode in modes) + " |")
+    print("|---|" + "---|" * len(modes))
+    for peer in peers:
+        print(f"| {peer.label} | " + " | ".join(f"{statistics.median(peer.cpu_ms[mode]):.3f}" for mode in modes) + " |")
 
     print("\nratios (median of the per-round ratios; rounds in brackets):")
     for mode in modes:

@@ -56,6 +56,19 @@ def peak_rss_mib(pids: list[int]) -> float:
     return total_kib / 1024
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the given processes have used so far, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def wait_for_banner(port: int, process: subprocess.Popen, name: str, log: Path | None, timeout: float = 120) -> None:
     """Until the server on ``port`` greets with 220; a clear exit if it dies or never does.
 
