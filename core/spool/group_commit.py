@@ -9,10 +9,10 @@ The SMTP listener and the collectors commit through :class:`GroupCommitter`
 instead. Every session whose message ended while the previous batch was
 being synced joins the next batch, and a batch is made durable at once:
 
-1. close each message file (written straight to ``queue/ID.eml``, which
-   is no message until its mark is there); write its metadata into its
-   commit mark in ``tmp/`` and rename that into ``queue/`` (both files were
-   created when DATA began, in a worker thread: see :class:`StagedMessage`);
+1. close each message file and rename it into ``queue/``; write its
+   metadata into its commit mark in ``tmp/`` and rename that into
+   ``queue/`` (both files were created when DATA began, in a worker
+   thread: see :class:`StagedMessage`);
 2. **syncfs** the spool's filesystem (Linux ≥ 2.6.39; errors are reported
    since 5.8): data, names and metadata of the whole batch are durable.
 
@@ -58,11 +58,7 @@ class StagedMessage:
     to create (creating files is what waits longest on a busy journal)."""
 
     def __init__(self, spool: Spool, metadata: dict[str, Any]) -> None:
-        # The bytes go straight to queue/ID.eml: until its mark is renamed in
-        # next to it, that file is not a message (the pipeline looks only for
-        # marks, and recovery at start removes an .eml without one), so it
-        # needs no staging name and committing saves a rename.
-        self.writer = spool.writer(metadata, in_queue=True)
+        self.writer = spool.writer(metadata)
         self.mark_path = f"{spool.root_text}/{TMP}/{self.writer.id}.json.commit"
         try:
             descriptor, self.mark_reused = spool.recycler.open_new(self.mark_path)
@@ -296,8 +292,7 @@ class GroupCommitter:
         staged = pending.staged
         writer = staged.writer
         writer.close_file(fsync)
-        if not writer.in_queue:
-            os.rename(writer._tmp_path, f"{self.spool.root_text}/{QUEUE}/{writer.id}.eml")
+        os.rename(writer._tmp_path, f"{self.spool.root_text}/{QUEUE}/{writer.id}.eml")
         descriptor = staged.mark_descriptor
         assert descriptor is not None
         view = memoryview(pending.encoded)

@@ -12,8 +12,7 @@ fsync ID.json, rename into queue/, fsync of queue/. ID.json is the commit
 mark: an ID.eml without it was never acknowledged and is removed on start.
 SMTP and the collectors commit whole batches with one filesystem sync
 instead (group_commit.py; its marks are checked after a machine restart:
-check.py); they write ID.eml straight into queue/, since the mark alone
-says a message is there.
+spool_check.py).
 
 The spool is written on anyio; the blocking calls run in worker threads.
 """
@@ -131,14 +130,11 @@ class SpoolWriter:
     fsyncs happen in ``commit``, in a worker thread.
     """
 
-    def __init__(self, spool: "Spool", metadata: dict[str, Any], in_queue: bool = False) -> None:
+    def __init__(self, spool: "Spool", metadata: dict[str, Any]) -> None:
         self.spool = spool
         self.id = new_spool_id()
         self.metadata = dict(metadata)
-        #: bytes written straight to queue/ID.eml (the group committer: the
-        #: commit mark, not the name, says a message is there) instead of tmp/
-        self.in_queue = in_queue
-        self._tmp_path = f"{spool.root_text}/{QUEUE if in_queue else TMP}/{self.id}.eml"
+        self._tmp_path = f"{spool.root_text}/{TMP}/{self.id}.eml"
         descriptor, self._reused = spool.recycler.open_new(self._tmp_path)
         self._file = open(descriptor, "wb", buffering=CHUNK_SIZE)
         self._hash = hashlib.sha256()
@@ -231,8 +227,8 @@ class Spool:
 
     # --- writing ---------------------------------------------------------
 
-    def writer(self, metadata: dict[str, Any], in_queue: bool = False) -> SpoolWriter:
-        return SpoolWriter(self, metadata, in_queue)
+    def writer(self, metadata: dict[str, Any]) -> SpoolWriter:
+        return SpoolWriter(self, metadata)
 
     async def write_bytes(self, data: bytes, metadata: dict[str, Any]) -> SpooledMessage:
         writer = self.writer(metadata)
