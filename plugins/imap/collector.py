@@ -70,7 +70,7 @@ from mailpipe.types import CollectContext, Connection
 
 log = logging.getLogger("mailpipe.imap")
 
-BATCH_MESSAGES = 200  # messages per UID FETCH (at most BATCH_BYTES)
+BATCH_MESSAGES = 500  # messages per UID FETCH (at most BATCH_BYTES)
 BATCH_BYTES = 16 * 1024 * 1024
 #: UIDs whose sizes are asked for in one command (a multiple of BATCH_MESSAGES).
 SIZES_AHEAD = 25 * BATCH_MESSAGES
