@@ -340,8 +340,8 @@ class CollectContext:
     """Handed to a connection type's ``collect`` (and, per connection, to
     ``serve``): where to put mail and state.
 
-    ``spool_bytes(data, metadata)`` and ``spool_file(path, metadata)`` return
-    only after the message is durable; only then may the collector flag,
+    ``spool_bytes(data, metadata)``, ``spool_chunks(chunks, metadata)`` and
+    ``spool_many(items)`` return only after the messages are durable; only then may the collector flag,
     move or delete it at the source. ``report_progress`` tells the operator
     how far a collector is through its source (messages left, the rate and
     the time left are shown with the connection).
@@ -366,6 +366,10 @@ class CollectContext:
     report_progress: ProgressReport = _no_progress
     check_lease: Callable[[], Awaitable[None]] = _no_lease
     fencing_token: int | None = None
+    #: ``spool_many([(data, metadata), ...])``: a batch already in memory,
+    #: durable (one sync for all of it) when it returns; the spool ids, in
+    #: order. None where the host offers only the one-by-one calls.
+    spool_many: Callable[[list[tuple[bytes, dict[str, Any]]]], Awaitable[list[str]]] | None = None
 
 
 @dataclass

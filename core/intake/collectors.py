@@ -1,8 +1,8 @@
 """The collector context: what a pull connection's collector is given to work with.
 
 A collector (``collect`` of a pull connection type) fetches mail and hands
-each message to ``spool_bytes``/``spool_chunks``, which return once the
-message is durable in the spool (through the group committer: a batch
+each message to ``spool_bytes``/``spool_chunks`` (or a fetched batch to
+``spool_many``), which return once the message is durable in the spool (through the group committer: a batch
 spooled concurrently gets one filesystem sync). Its checkpoints live in the
 state store under the connection's id (``get_state``/``set_state``). The
 host stamps every message with the connection's arrival metadata and
@@ -72,6 +72,14 @@ def collect_context(
             raise
         return message.id
 
+    async def spool_many(items: list[tuple[bytes, dict[str, Any]]]) -> list[str]:
+        # A batch already in memory: one worker-thread call and one sync for
+        # all of it (mailpipe.spool.batch_commit), no task per message.
+        messages = await committer.commit_batch([(data, stamp(metadata)) for data, metadata in items])
+        METRICS.collected.labels(connection.id, connection.type).inc(len(messages))
+        LIVE.message_received(connection.id)
+        return [message.id for message in messages]
+
     def state_key(key: str) -> str:
         return f"{connection.id}:{key}"
 
@@ -93,6 +101,7 @@ def collect_context(
     return CollectContext(
         spool_bytes=spool_bytes,
         spool_chunks=spool_chunks,
+        spool_many=spool_many,
         get_state=get_state,
         set_state=set_state,
         find_connection=lambda cid: directory.by_id.get(cid),

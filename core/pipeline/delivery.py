@@ -200,8 +200,11 @@ class Pipeline:
                 METRICS.store_seconds.labels(slot.name).observe(time.monotonic() - started)
                 METRICS.archived.labels(slot.name).inc(len(todo) - len(failed))
                 METRICS.sink_errors.labels(slot.name).inc(len(failed))
+            # By id: ``message in todo`` compared whole dataclasses, a
+            # quadratic cost per batch (94,000 comparisons per 3,000 messages at 64).
+            todo_ids = {m.id for m in todo}
             for message, state in loaded:
-                if message in todo and message.id not in failed:
+                if message.id in todo_ids and message.id not in failed:
                     state.stored_in.append(slot.name)
             for spool_id, failure in failed.items():
                 if slot.required:

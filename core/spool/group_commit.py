@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import anyio
 import anyio.to_thread
@@ -45,11 +45,14 @@ from mailpipe.spool.disk_space import SpoolFull, storage_full
 from mailpipe.spool.durability import SYNCFS, sync_filesystem_of
 from mailpipe.spool.queue import QUEUE, TMP, Spool, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.spool.check import BOOT_KEY, current_boot_id
+from mailpipe.spool.batch_commit import BatchItem, make_durable, remove_files, write_files
 
 
 
 #: Staged messages created ahead at once (see GroupCommitter.take).
 POOL_SIZE = 32
+#: Messages of a batch written between two turns of the event loop.
+BATCH_SLICE = 50
 
 
 class StagedMessage:
@@ -209,6 +212,51 @@ class GroupCommitter:
         if self.spool.space.accepted_for(connection_id):
             await anyio.to_thread.run_sync(self.spool.space.write_status, connection_id, None)
         return pending.message
+
+    async def commit_batch(self, items: Sequence[BatchItem]) -> list[SpooledMessage]:
+        """A batch already in memory, made durable with one sync
+        (mailpipe.spool.batch_commit); returns once every message is durable,
+        and announces them. Raises :class:`SpoolFull` below the reserve, as
+        :meth:`take` does."""
+        if not items:
+            return []
+        connection_id = items[0][1].get("connection_id")
+        reason = self.spool.space.reason()
+        if reason is not None:
+            await self._refused(connection_id, reason)
+            raise SpoolFull(reason)
+        try:
+            # Shielded: a cancelled caller must not leave the batch's files half made.
+            with anyio.CancelScope(shield=True):
+                messages = await self._write_batch(items)
+        except OSError as error:
+            await self._failed(connection_id, error)
+            raise
+        self.batches += 1
+        for message in messages:
+            self.spool.announce(message)
+        if self.spool.space.accepted_for(connection_id):
+            await anyio.to_thread.run_sync(self.spool.space.write_status, connection_id, None)
+        return messages
+
+    async def _write_batch(self, items: Sequence[BatchItem]) -> list[SpooledMessage]:
+        # The files are written here, in the event loop, a slice at a time;
+        # only the sync goes to a worker thread. Measured on the IMAP
+        # benchmark: the whole batch in a worker thread was slower (its
+        # dozen system calls per message each waited for the GIL while the
+        # event loop parsed the next FETCH).
+        written: list[str] = []
+        fsync = self.syncfs is None
+        messages: list[SpooledMessage] = []
+        try:
+            for start in range(0, len(items), BATCH_SLICE):
+                messages += write_files(self.spool, items[start : start + BATCH_SLICE], self._boot, fsync, written)
+                await anyio.sleep(0)  # let the connection's reader run between slices
+            await anyio.to_thread.run_sync(make_durable, self.spool, self.syncfs)
+        except BaseException:
+            remove_files(written)
+            raise
+        return messages
 
     # --- disk full: the log line and the connections' status ------------------
 

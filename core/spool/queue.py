@@ -166,7 +166,7 @@ class SpoolWriter:
             "size": self.size,
             "sha256": self._hash.hexdigest(),
         }
-        metadata.setdefault("received_at", _utc_now())
+        metadata.setdefault("received_at", utc_now_text())
         return metadata
 
     async def write_all_async(self, chunks: Iterable[bytes] | AsyncIterable[bytes]) -> None:
@@ -342,7 +342,8 @@ class Spool:
         fsync_directory(src)
 
 
-def _utc_now() -> str:
+def utc_now_text() -> str:
+    """When a message was received, as its metadata records it."""
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailpipe import hookimpl
-from mailpipe.plugins.imap.collector import Collector, FetchedMessage, spool_as_is
+from mailpipe.plugins.imap.collector import Collector, FetchedMessage, batch_spooler, spool_as_is
 from mailpipe.plugins.imap.probe import probe
 from mailpipe.plugins.imap.settings import IMAP_SETTINGS, ImapSettings, imap_warnings, validate_imap_settings
 from mailpipe.types import CollectContext, Connection, ConnectionType, TestResult, ValidationContext
@@ -48,4 +48,4 @@ async def collect(connection: Connection, context: CollectContext) -> None:
     async def deliver(message: FetchedMessage) -> None:
         await spool_as_is(context, message)
 
-    await Collector(connection, context, deliver).run()
+    await Collector(connection, context, deliver, deliver_batch=batch_spooler(context)).run()
