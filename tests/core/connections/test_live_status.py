@@ -139,9 +139,13 @@ def test_imap_password_changed_under_a_running_collector(
         cli(config_path, "connections", "edit", connection_id, "--set", f"password={password}-changed",
             check=True)
         dovecot.append(user, make_message(1))
+        # The archive count comes from the pipeline process and last_message_at
+        # from the collector's process (flushed once a second): either may
+        # show first.
         green = wait_until(
-            lambda: (s := show(config_path, connection_id))["status"] == "ok" and s["archived_24h"] == 1 and s,
-            WAIT, 0.3, "the status never turned green after the password was fixed",
+            lambda: (s := show(config_path, connection_id))["status"] == "ok" and s["archived_24h"] == 1
+            and s["last_message_at"] and s,
+            WAIT, 0.3, "the status never turned green, with the message counted, after the password was fixed",
         )
         assert green["last_message_at"]
         actions = [e["action"] for e in cli(config_path, "audit", "list", "--connection", connection_id,
