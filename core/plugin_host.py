@@ -36,7 +36,6 @@ from mailpipe.types import (
     CollectContext,
     Connection,
     ConnectionType,
-    Decision,
     Envelope,
     IntakeContext,
     SinkType,
@@ -229,12 +228,6 @@ class PluginHost:
         if not isinstance(result, TestResult):
             raise PluginError(f"the {connection.type} test returned {result!r}, not a TestResult")
         return result
-
-    async def accept(self, connection: Connection, envelope: Envelope) -> Decision | None:
-        """The type's decision for one SMTP recipient; ``None`` when the type
-        is not installed here or gave no :class:`Decision`."""
-        decision = await _settled(self.accept_answer(connection, envelope))
-        return decision if isinstance(decision, Decision) else None
 
     def accept_answer(self, connection: Connection, envelope: Envelope) -> Any:
         """What the type's ``accept`` returns, as it returns it: a

@@ -29,13 +29,12 @@ then fetched again: a duplicate, never a loss, as with the group commit).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mailpipe.spool.durability import sync_filesystem_of
-from mailpipe.spool.layout import BOOT_KEY, QUEUE, TMP
+from mailpipe.spool.durability import encode_commit_mark, sync_filesystem_of, write_descriptor
+from mailpipe.spool.layout import QUEUE, TMP
 from mailpipe.spool.queue import Spool, SpooledMessage, fsync_directory, new_spool_id, unlink_if_present, utc_now_text
 
 #: One message of a batch: its bytes and the caller's metadata.
@@ -62,8 +61,7 @@ def write_files(
             "sha256": hashlib.sha256(data).hexdigest(),
         }
         final.setdefault("received_at", utc_now_text())
-        mark = {**final, BOOT_KEY: boot} if boot else final
-        encoded = json.dumps(mark, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        encoded = encode_commit_mark(final, boot)
         staged_mark = f"{root}/{TMP}/{spool_id}.json.commit"
         written.append(staged_mark)
         _write_file(spool, staged_mark, encoded, fsync)
@@ -89,12 +87,6 @@ def remove_files(written: list[str]) -> None:
 def _write_file(spool: Spool, path: str, data: bytes | bytearray | memoryview, fsync: bool) -> None:
     descriptor, reused = spool.recycler.open_new(path)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        if reused:
-            os.ftruncate(descriptor, len(data))
-        if fsync:
-            os.fsync(descriptor)
+        write_descriptor(descriptor, data, reused, fsync)
     finally:
         os.close(descriptor)

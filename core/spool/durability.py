@@ -20,6 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
+from mailpipe.spool.layout import BOOT_KEY
 from mailpipe.spool.recycle import unlink_if_present
 
 
@@ -68,6 +69,25 @@ def write_json_durably(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
     except BaseException:
         unlink_if_present(tmp)  # a full disk must not also leave half a file behind
         raise
+
+
+def write_descriptor(descriptor: int, data: bytes | bytearray | memoryview, reused: bool, fsync: bool) -> None:
+    """All of ``data`` into an open file from its start; a reused (recycled)
+    file is cut to it, and optionally fsynced. The caller closes it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+    if reused:
+        os.ftruncate(descriptor, len(data))
+    if fsync:
+        os.fsync(descriptor)
+
+
+def encode_commit_mark(metadata: dict[str, Any], boot: str | None) -> bytes:
+    """A commit mark's bytes: the message's metadata, plus the boot it was
+    written in when the batch is made durable by ``syncfs`` (spool.check)."""
+    mark = {**metadata, BOOT_KEY: boot} if boot else metadata
+    return json.dumps(mark, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
 def fsync_directory(path: Path) -> None:

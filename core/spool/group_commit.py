@@ -33,7 +33,6 @@ See mailpipe.spool.durability for what ``syncfs`` costs and guarantees.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,9 +41,9 @@ import anyio
 import anyio.to_thread
 
 from mailpipe.spool.disk_space import SpoolFull, storage_full
-from mailpipe.spool.durability import SYNCFS, sync_filesystem_of
+from mailpipe.spool.durability import SYNCFS, encode_commit_mark, sync_filesystem_of, write_descriptor
 from mailpipe.spool.queue import QUEUE, TMP, Spool, SpooledMessage, fsync_directory, unlink_if_present
-from mailpipe.spool.check import BOOT_KEY, current_boot_id
+from mailpipe.spool.check import current_boot_id
 from mailpipe.spool.batch_commit import BatchItem, make_durable, remove_files, write_files
 
 
@@ -97,8 +96,7 @@ class _Pending:
     def __init__(self, staged: StagedMessage, metadata: dict[str, Any], boot: str | None) -> None:
         self.staged = staged
         self.metadata = metadata
-        mark = {**metadata, BOOT_KEY: boot} if boot else metadata
-        self.encoded = json.dumps(mark, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        self.encoded = encode_commit_mark(metadata, boot)
         self.done = anyio.Event()
         self.error: BaseException | None = None
         self.message: SpooledMessage | None = None
@@ -343,13 +341,7 @@ class GroupCommitter:
         os.rename(writer._tmp_path, f"{self.spool.root_text}/{QUEUE}/{writer.id}.eml")
         descriptor = staged.mark_descriptor
         assert descriptor is not None
-        view = memoryview(pending.encoded)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        if staged.mark_reused:
-            os.ftruncate(descriptor, len(pending.encoded))
-        if fsync:
-            os.fsync(descriptor)
+        write_descriptor(descriptor, pending.encoded, staged.mark_reused, fsync)
         staged._close_mark()
 
     def _finish_all_with_fsync(self, batch: list[_Pending]) -> None:
