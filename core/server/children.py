@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 import anyio
 import anyio.abc
@@ -66,13 +66,18 @@ def child_command(module: str, runtime: "Runtime") -> list[str]:
 
 
 async def supervise(
-    command: list[str], name: str, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    command: list[str],
+    name: str,
+    pass_fds: Sequence[int] = (),
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``command`` until cancelled, restarting it when it dies."""
+    """Run ``command`` until cancelled, restarting it when it dies; each
+    start inherits the descriptors ``pass_fds`` (an SMTP worker's sockets)."""
     started = False
     while True:
         process = await anyio.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, pass_fds=pass_fds
         )
         try:
             assert process.stdout is not None
@@ -130,6 +135,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
     parser.add_argument("--config", default=None)
     parser.add_argument("--worker-number", type=int, default=0)
     parser.add_argument("--smtp-workers", type=int, default=1, help="the server's --workers")
+    parser.add_argument("--listen-fds", default="", help="listening sockets inherited from the server")
     args = parser.parse_args(argv)
     # Until the reload handler below is in place, a SIGHUP passed on by the
     # server must not kill this child (the default action).
@@ -142,6 +148,7 @@ def run_child(prog: str, name: str, body: ChildBody, argv: list[str] | None = No
 
     runtime = Runtime.open(args.config)
     runtime.extras["workers"] = args.smtp_workers
+    runtime.extras["listen_fds"] = [int(fd) for fd in args.listen_fds.split(",") if fd]
     setup_logging(runtime.config.log_level)
     label = f"{name} {args.worker_number}" if args.worker_number else name
     logging.getLogger().handlers[0].addFilter(_ChildTag(label, args.worker_number))

@@ -2,8 +2,10 @@
 
 One Python process serves SMTP on one core at most (the GIL). With
 ``--workers N`` (N > 1) the server process starts N workers instead of
-listening itself; each worker binds every ``[smtp] listen`` address with
-SO_REUSEPORT (the kernel spreads new connections over them), keeps its own
+listening itself. The server binds N sockets on every ``[smtp] listen``
+address with SO_REUSEPORT (the kernel spreads new connections over them)
+before any worker starts, and each worker inherits its own (see
+mailpipe.intake.smtp.listener.bind_worker_sockets); each worker keeps its own
 copy of the connection directory current by polling the store's revision
 (as the server does), and spools what it accepts with its own group
 committer.
@@ -20,7 +22,9 @@ Run by hand only for debugging: ``python -m mailpipe.server.smtp_workers --confi
 from __future__ import annotations
 
 import logging
+import socket
 import sys
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import anyio
@@ -38,12 +42,26 @@ log = logging.getLogger("mailpipe.smtp")
 async def run_worker_pool(
     runtime: "Runtime", workers: int, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
+    from mailpipe.intake.smtp.listener import bind_worker_sockets
+
     command = child_command("mailpipe.server.smtp_workers", runtime)
-    async with anyio.create_task_group() as group:
-        for number in range(1, workers + 1):
-            await group.start(supervise, [*command, "--worker-number", str(number)], f"SMTP worker {number}")
-        log.info("SMTP worker processes ready", extra={"workers": workers})
-        task_status.started()
+    listening = bind_worker_sockets(runtime.config.smtp, workers)
+    try:
+        async with anyio.create_task_group() as group:
+            # All at once: a worker is ready in about 1.5 s, and until then
+            # the connections its socket is given wait in its queue.
+            async with anyio.create_task_group() as starting:
+                for number, sockets in enumerate(listening, start=1):
+                    descriptors = [listening_socket.fileno() for listening_socket in sockets]
+                    worker = [*command, "--worker-number", str(number),
+                              "--listen-fds", ",".join(map(str, descriptors))]
+                    starting.start_soon(partial(group.start, supervise, worker, f"SMTP worker {number}", descriptors))
+            log.info("SMTP worker processes ready", extra={"workers": workers})
+            task_status.started()
+    finally:
+        for sockets in listening:
+            for listening_socket in sockets:
+                listening_socket.close()
 
 
 async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
@@ -62,10 +80,16 @@ async def _worker_main(runtime: "Runtime", ready: Callable[[], None]) -> None:
         await group.start(
             lambda task_status: serve_smtp(
                 runtime.config.smtp, directory, runtime.host, runtime.spool, reuse_port=True,
-                task_status=task_status,
+                sockets=inherited_sockets(runtime.extras.get("listen_fds") or []), task_status=task_status,
             )
         )
         ready()
+
+
+def inherited_sockets(descriptors: list[int]) -> list[socket.socket] | None:
+    """The listening sockets the server bound for this worker (None when
+    started by hand without them: the worker then binds its own)."""
+    return [socket.socket(fileno=descriptor) for descriptor in descriptors] or None
 
 
 def main(argv: list[str] | None = None) -> int:

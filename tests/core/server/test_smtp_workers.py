@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 from tests.support.helpers import ServerProcess, child_pids, cli, wait_until
@@ -108,4 +109,52 @@ def test_one_smtp_process_and_a_pipeline_at_normal_priority(tmp_path: Path) -> N
             assert code == 250, (code, reply)
         wait_for_arrival(setup.archive, queue_id_of(reply))
     finally:
+        server.stop()
+
+
+def _sessions_by_process(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established TCP sessions on local ``port`` each of ``pids`` holds."""
+    inodes_on_port = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # ESTABLISHED
+                inodes_on_port.add(fields[9])
+    counts = {}
+    for pid in pids:
+        held = set()
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(descriptor) if descriptor.is_symlink() else ""
+            if target.startswith("socket:["):
+                held.add(target[len("socket:[") : -1])
+        counts[pid] = len(held & inodes_on_port)
+    return counts
+
+
+def test_sessions_opened_at_start_are_spread_over_every_worker(tmp_path: Path) -> None:
+    """A sender that connects the moment the port answers (Office 365 after a
+    restart) and keeps its sessions open must not end up on one worker: the
+    server binds every worker's socket before any worker starts."""
+    setup = make_setup(tmp_path)
+    setup.add("o365", "smtp_o365", undeliverable_journal_address=SENDER)
+    server = ServerProcess(setup.config, args=("--workers", "2"))
+    starting = threading.Thread(target=server.start, daemon=True)
+    starting.start()
+    sessions: list[socket.socket] = []
+    try:
+        wait_until(lambda: not _refused(setup.port), timeout=30, message="the SMTP port never opened")
+        sessions = [socket.create_connection(("127.0.0.1", setup.port), timeout=30) for _ in range(20)]
+        for session in sessions:  # each gets its banner once its worker serves
+            assert session.recv(512).startswith(b"220")
+        starting.join(30)
+        assert server.process is not None
+        workers = [pid for pid in child_pids(server.process.pid) if _role_of(pid) == "smtp"]
+        counts = _sessions_by_process(setup.port, workers)
+        assert len(counts) == 2 and sum(counts.values()) == 20, counts
+        assert all(count >= 1 for count in counts.values()), f"every session went to one worker: {counts}"
+    finally:
+        for session in sessions:
+            session.close()
+        starting.join(30)
         server.stop()
