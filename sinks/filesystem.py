@@ -41,6 +41,7 @@ from mailpipe import hookimpl
 from mailpipe.spool.durability import SYNCFS, sync_filesystem_of
 from mailpipe.errors import MessageRejected, SinkUnavailable
 from mailpipe.common.permissions import group_id, secure_directory
+from mailpipe.common.small_files import read_small_file, write_new_file
 from mailpipe.pipeline.sink_batch import store_each
 from mailpipe.spool.queue import CHUNK_SIZE, SpooledMessage, fsync_directory, unlink_if_present
 from mailpipe.types import ArchivedMessage, Failure, Mismatch, Setting, SinkContext, SinkType, TestResult
@@ -136,8 +137,10 @@ class FilesystemSink:
                 try:
                     stem = self._stem(key_of(message)[0], message.sha256)
                     eml = stem + ".eml"
-                    if eml not in planned_eml and not os.path.exists(eml):
-                        if not self._link(message, eml):
+                    # The link itself says whether the archive has the message
+                    # (EEXIST): no stat before it.
+                    if eml not in planned_eml:
+                        if not self._link(message, eml) and not os.path.exists(eml):
                             renames.append((self._write_temporary(eml, message.chunks()), eml))
                             sync_before_renames = True
                         planned_eml.add(eml)
@@ -167,7 +170,8 @@ class FilesystemSink:
         return errors
 
     def _link(self, message: SpooledMessage, eml: str) -> bool:
-        """Give the spooled file its archive name; False where that cannot be done."""
+        """Give the spooled file its archive name; True also when the archive
+        already has one. False where linking cannot be done (then copy)."""
         if not self._linking:
             return False
         try:
@@ -244,12 +248,7 @@ class FilesystemSink:
         directory, name = os.path.split(path)
         tmp = f"{directory}/.{name}.{secrets.token_hex(4)}.tmp"
         try:
-            with open(tmp, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                if fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            write_new_file(tmp, chunks, fsync)
         except BaseException:
             unlink_if_present(tmp)
             raise
@@ -396,8 +395,7 @@ def _read_archived_json(path: str) -> dict[str, Any]:
 
 def _read_json(path: str | Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
+        return json.loads(read_small_file(os.fspath(path)))
     except FileNotFoundError:
         return {}
 

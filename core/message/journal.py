@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from email.message import Message
 from typing import Any
 
+from mailpipe.common.small_files import read_small_file
 from mailpipe.message.mime import MimeError, MimePart, decode_header_text, header_text, iter_parts, read_body
 
 __all__ = ["MAX_REPORT_TEXT", "journal_format", "parse_journal_report"]
@@ -83,8 +84,7 @@ def _may_be_a_report(path: str | os.PathLike[str]) -> bool:
     never given to the MIME parser. True when in doubt (a long header block,
     or a file that cannot be read: the full parse reports that)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(QUICK_LOOK_BYTES)
+        head = read_small_file(os.fspath(path), QUICK_LOOK_BYTES)
     except OSError:
         return True
     ends = [end for end in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if end >= 0]

@@ -20,6 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
+from mailpipe.common.small_files import write_all
 from mailpipe.spool.layout import BOOT_KEY
 from mailpipe.spool.recycle import unlink_if_present
 
@@ -74,9 +75,7 @@ def write_json_durably(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
 def write_descriptor(descriptor: int, data: bytes | bytearray | memoryview, reused: bool, fsync: bool) -> None:
     """All of ``data`` into an open file from its start; a reused (recycled)
     file is cut to it, and optionally fsynced. The caller closes it."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(descriptor, view) :]
+    write_all(descriptor, data)
     if reused:
         os.ftruncate(descriptor, len(data))
     if fsync:

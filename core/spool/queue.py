@@ -31,6 +31,7 @@ from typing import Any, AsyncIterable, Callable, Iterable, Iterator
 import anyio
 import anyio.to_thread
 
+from mailpipe.common.small_files import read_small_file
 from mailpipe.spool.disk_space import DiskSpace
 from mailpipe.spool.recycle import FileRecycler, unlink_if_present
 from mailpipe.spool.check import check_after_reboot
@@ -300,8 +301,7 @@ class Spool:
     def load(self, spool_id: str, where: str = QUEUE) -> SpooledMessage | None:
         directory = f"{self.root_text}/{where}"
         try:
-            with open(f"{directory}/{spool_id}.json", "rb") as handle:
-                metadata = json.loads(handle.read())
+            metadata = json.loads(read_small_file(f"{directory}/{spool_id}.json"))
         except FileNotFoundError:
             return None
         metadata.pop(BOOT_KEY, None)
@@ -309,8 +309,7 @@ class Spool:
 
     def state(self, spool_id: str, where: str = QUEUE) -> DeliveryState:
         try:
-            with open(f"{self.root_text}/{where}/{spool_id}.state.json", "rb") as handle:
-                data = json.loads(handle.read())
+            data = json.loads(read_small_file(f"{self.root_text}/{where}/{spool_id}.state.json"))
         except FileNotFoundError:
             return DeliveryState()
         state = DeliveryState.from_json(data)
