@@ -61,10 +61,8 @@ class SessionFacts:
 class MessageReceiver:
     """Streams one transaction's DATA into one spool writer per connection.
 
-    Build it with :meth:`open`: creating files can wait on the filesystem
-    journal while other sessions' batches sync, so the files come from the
-    committer's pool, created ahead in a worker thread, never in the event
-    loop that serves every session.
+    Build it with :meth:`open`: the files come from the committer's pool,
+    created ahead, 32 at a time (GroupCommitter.take).
     """
 
     def __init__(
