@@ -40,6 +40,50 @@ def test_committed_messages_are_in_the_queue_with_their_metadata(tmp_path: Path,
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
 
 
+def test_with_several_lanes_each_message_is_acknowledged_only_after_a_sync_that_covers_it(tmp_path: Path) -> None:
+    """Batches may sync at once (the SMTP listener's SYNC_LANES); a commit
+    returns only after a sync that started once its mark was in the queue
+    had ended."""
+    import threading
+    import time
+
+    spool = Spool(tmp_path / "spool")
+    committer = GroupCommitter(spool, lanes=3)
+    queue = tmp_path / "spool" / "queue"
+    covered: set[str] = set()  # marks in the queue when a finished sync began
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+
+    def slow_sync(descriptor: int) -> None:
+        marks = {p.stem for p in queue.glob("*.json")}
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        time.sleep(0.02)
+        with lock:
+            running["now"] -= 1
+            covered.update(marks)
+
+    committer.syncfs = slow_sync
+
+    async def main() -> list:
+        async def one(number: int):
+            await asyncio.sleep(number * 0.002)  # arrivals spread over several syncs
+            staged = await asyncio.to_thread(committer.stage, {"connection_id": "c1"})
+            staged.write(f"Subject: {number}\r\n\r\nx\r\n".encode())
+            message = await committer.commit(staged)
+            with lock:
+                assert message.id in covered, "acknowledged before a sync covered it"
+            return message
+
+        return await asyncio.gather(*(one(n) for n in range(60)))
+
+    messages = asyncio.run(main())
+    assert len({m.id for m in spool.pending()}) == 60 == len(messages)
+    assert running["most"] > 1  # the lanes were used
+    assert committer.batches < 60
+
+
 def test_a_failed_sync_leaves_nothing_behind(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     committer = GroupCommitter(spool)
