@@ -143,11 +143,14 @@ class GroupCommitter:
 
     def take_ready(self, metadata: dict[str, Any]) -> StagedMessage | None:
         """:meth:`take` without waiting, for the usual case: a staged message
-        from the pool when it has one and the spool has room; None means
-        "call take" (which refills the pool, or refuses and reports why)."""
-        if not self._ready or self.spool.space.reason() is not None:
+        (the pool refilled here when empty) while the spool has room; None
+        means "call take" (which refuses, or fails, and reports why)."""
+        if self.spool.space.reason() is not None:
             return None
-        staged = self._ready.pop()
+        try:
+            staged = self._take_staged()
+        except OSError:
+            return None
         staged.writer.metadata = dict(metadata)
         return staged
 
@@ -156,11 +159,12 @@ class GroupCommitter:
             # In the event loop, not a worker thread. Measured with
             # bench_smtp, sessions reused, one SMTP process, two A/B pairs:
             # 852 and 915 msg/s (1.45 and 1.34 ms of CPU a message) with the
-            # thread, 970 and 1,008 msg/s (1.27 and 1.19 ms) here. The thread's dozen system
-            # calls per staged message each gave up the GIL and waited to get
-            # it back from the busy event loop (16 futex calls a message in
-            # strace), and the session that had emptied the pool waited for
-            # all of it. The loop pauses instead, about 1 ms per 32 messages.
+            # thread, 970 and 1,008 msg/s (1.27 and 1.19 ms) here. The
+            # thread's dozen system calls per staged message each gave up the
+            # GIL and waited to get it back from the busy event loop (16 futex
+            # calls a message in strace), and the session that had emptied
+            # the pool waited for all of it. The loop pauses instead, about
+            # 1 ms per 32 messages.
             self._ready.extend(self._create_pool())
         return self._ready.pop()
 

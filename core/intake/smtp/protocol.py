@@ -468,7 +468,7 @@ class MailpipeSMTP(ConnectionBase):
             self.reply("554 5.5.1 no valid recipients")
             return
         receiver = MessageReceiver.open_ready(self.context.committer, *self._receiver_arguments())
-        if receiver is None:  # the spool's pool of ready files is empty (or the disk is full)
+        if receiver is None:  # the spool is short of room, or its files could not be made
             self.start_step(self._open_data)
         else:
             self._begin_data(receiver)

@@ -102,8 +102,9 @@ class MessageReceiver:
     def open_ready(
         cls, committer: GroupCommitter, routes: list[Route], settings: SmtpConfig, facts: SessionFacts
     ) -> "MessageReceiver | None":
-        """:meth:`open` without waiting, when the committer's pool has a staged
-        message for every route (the usual case); None means "call open"."""
+        """:meth:`open` without waiting, when the committer can hand out a
+        staged message for every route (the usual case); None means "call
+        open" (which refuses, or fails, and says why)."""
         writers: list[StagedMessage] = []
         for route in routes:
             staged = committer.take_ready(dict(route.arrival))
