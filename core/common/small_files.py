@@ -25,29 +25,20 @@ def read_small_file(path: str, limit: int | None = None) -> bytes:
     ``open()`` does (FileNotFoundError, ...)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if limit is not None:
-            return _read_up_to(descriptor, limit)
-        chunks = []
-        while True:
-            chunk = os.read(descriptor, _READ_SIZE)
+        chunks: list[bytes] = []
+        left = limit
+        while left is None or left > 0:
+            wanted = _READ_SIZE if left is None else min(left, _READ_SIZE)
+            chunk = os.read(descriptor, wanted)
             chunks.append(chunk)
             # A regular file's read comes back short only at its end.
-            if len(chunk) < _READ_SIZE:
-                return b"".join(chunks)
+            if len(chunk) < wanted:
+                break
+            if left is not None:
+                left -= len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(descriptor)
-
-
-def _read_up_to(descriptor: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    left = limit
-    while left > 0:
-        chunk = os.read(descriptor, min(left, _READ_SIZE))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def write_new_file(path: str, chunks: Iterable[bytes], fsync: bool = False) -> None:
