@@ -280,9 +280,13 @@ def _apply_status(
     return (connection_id, *wanted)
 
 
-def live_fields(store: Any, connection_id: str) -> dict[str, Any]:
+def live_fields(store: Any, connection_id: str, collecting: bool = True) -> dict[str, Any]:
     """``last_message_at``, ``archived_24h``, ``last_error`` and the collector's
-    progress (``remaining``, ``rate``, ``time_left``) for one connection."""
+    progress (``remaining``, ``rate``, ``time_left``) for one connection.
+
+    ``collecting`` False (the connection is disabled): no collector runs, so
+    its last report (say "3,000 left" from a pass cut short by the disable)
+    is not shown as if it were current; the progress fields are absent."""
     since = hour_bucket(datetime.now(timezone.utc) - timedelta(hours=23))
     try:
         rows = store.query("SELECT last_message_at, last_error FROM live WHERE connection_id = ?", (connection_id,))
@@ -300,7 +304,7 @@ def live_fields(store: Any, connection_id: str) -> dict[str, Any]:
         "last_message_at": found.get("last_message_at"),
         "archived_24h": int(counted[0]["n"]),
         "last_error": found.get("last_error") or "",
-        **progress_fields(progress[0] if progress else None),
+        **progress_fields(progress[0] if progress and collecting else None),
     }
 
 

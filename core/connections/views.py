@@ -20,7 +20,7 @@ def connection_view(runtime: Any, connection: Connection) -> dict[str, Any]:
     warnings its type's plugin gives (settings that work but that an
     operator should know about)."""
     data = runtime.service.public(connection)
-    data.update(live_fields(runtime.store, connection.id))
+    data.update(live_fields(runtime.store, connection.id, collecting=connection.enabled))
     data["warnings"] = runtime.service.warnings(connection)
     return data
 

@@ -152,3 +152,21 @@ def test_reports_reach_the_store_in_the_flush_and_stop_when_idle(tmp_path: Path)
     finally:
         live._store = None
         store.close()
+
+
+def test_a_disabled_connection_shows_no_progress_left_from_its_last_pass(tmp_path: Path) -> None:
+    """Disabling a connection mid-pass stops its collector; the stored report
+    ("3,000 left") must not stay on the page and in the CLI as if current."""
+    store = SQLiteStore(tmp_path / "state.db")
+    live = LiveStatus(clock=Clock())
+    live._store = store
+    try:
+        live.progress("c1", remaining=3000)
+        live.flush()
+        assert live_fields(store, "c1")["remaining"] == 3000
+        shown = live_fields(store, "c1", collecting=False)
+        assert (shown["remaining"], shown["rate"], shown["time_left"]) == (None, None, None)
+        assert progress_text(shown) == ""
+    finally:
+        live._store = None
+        store.close()
