@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mailpipe.cli.output import emit
 from mailpipe.cli.shared import run_async
+from mailpipe.common.networks import balancer_warnings
 from mailpipe.config import Config, load_config, resolve_path
 from mailpipe.errors import MailpipeError
 from mailpipe.plugin_host import PluginHost, load_plugins
@@ -48,8 +49,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         check_sinks(config, host)
     except MailpipeError as error:
         return _report_errors(args, str(error).splitlines())
-    emit(args, effective_config(config, host), as_toml)
+    warnings = config_warnings(config)
+    if not args.json:
+        for warning in warnings:
+            print(f"mailpipe: warning: {warning}", file=sys.stderr)
+    emit(args, {**effective_config(config, host), "warnings": warnings}, as_toml)
     return 0
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that work but weaken what the operator probably meant
+    (exit status stays 0; ``serve`` logs the same sentences)."""
+    return balancer_warnings(config.smtp.proxy_protocol_from)
 
 
 def check_sinks(config: Config, host: PluginHost) -> None:

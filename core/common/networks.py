@@ -68,6 +68,28 @@ def balancer_entries(value: Any) -> Any:
     return tuple(entries)
 
 
+#: The widest entry of ``proxy_protocol_from`` taken without a warning: one
+#: subnet of balancers (IPv4 /24, IPv6 /64). Anything wider lets every host
+#: in it claim any client address.
+WIDEST_QUIET_PREFIX = {4: 24, 6: 64}
+
+
+def balancer_warnings(entries: Iterable[str]) -> list[str]:
+    """A sentence for each ``proxy_protocol_from`` entry wider than one
+    balancer subnet: every host in it may send a PROXY header naming any
+    client, so an allowed_senders list stops meaning anything for them."""
+    warnings = []
+    for entry in entries:
+        network = ipaddress.ip_network(entry, strict=False)
+        if network.prefixlen < WIDEST_QUIET_PREFIX[network.version]:
+            warnings.append(
+                f"[smtp] proxy_protocol_from trusts {entry} ({network.num_addresses:,} addresses): any host "
+                "in it can send a PROXY header claiming any client address, which gets past allowed_senders; "
+                "list your load balancers' own addresses instead"
+            )
+    return warnings
+
+
 class TrustedBalancers:
     """The parsed ``proxy_protocol_from`` list; empty: no PROXY header is ever read."""
 

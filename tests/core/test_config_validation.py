@@ -236,6 +236,28 @@ def test_load_balancer_addresses_are_shown_normalised(tmp_path: Path) -> None:
     assert effective["proxy_protocol_from"] == ["10.0.0.5", "10.0.1.0/24", "2001:db8::1"]
 
 
+def test_a_proxy_protocol_range_wider_than_one_subnet_is_warned_about(tmp_path: Path) -> None:
+    """Trusting 0.0.0.0/0 (or any range wider than one balancer subnet) lets
+    every host in it claim any client address and get past allowed_senders:
+    config check says so (and still exits 0), naming the entry."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace(
+        "[smtp]\n", '[smtp]\nproxy_protocol_from = ["10.0.1.0/24", "0.0.0.0/0", "2001:db8::/48"]\n'))
+    data = cli(config, "config", "check", check=True).json
+    assert len(data["warnings"]) == 2
+    assert "0.0.0.0/0 (4,294,967,296 addresses)" in data["warnings"][0]
+    assert "2001:db8::/48" in data["warnings"][1] and "allowed_senders" in data["warnings"][1]
+    human = run(["config", "check", "--config", str(config)], cwd=tmp_path)
+    assert human.returncode == 0
+    assert "mailpipe: warning: [smtp] proxy_protocol_from trusts 0.0.0.0/0" in human.stderr
+    assert "10.0.1.0/24" not in human.stderr  # one subnet of balancers: no warning
+    assert "[smtp]" in human.stdout and "warning" not in human.stdout  # the TOML stays clean
+
+    (tmp_path / "quiet").mkdir()
+    quiet = write_config(tmp_path / "quiet")
+    assert cli(quiet, "config", "check", check=True).json["warnings"] == []
+
+
 def test_effective_sink_masks_secrets() -> None:
     """A third-party sink type with a secret setting: masked by its declared kind,
     by a credential-like key name, and as the password inside a URL."""

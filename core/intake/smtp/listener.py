@@ -39,7 +39,7 @@ from mailpipe.intake.smtp.limits import (
     total_limit,
 )
 from mailpipe.intake.smtp.protocol import ListenerContext, MailpipeSMTP
-from mailpipe.common.networks import TrustedBalancers
+from mailpipe.common.networks import TrustedBalancers, balancer_warnings
 from mailpipe.intake.smtp.routing import Directory, Router
 
 if TYPE_CHECKING:
@@ -113,6 +113,8 @@ async def serve_smtp(
                 "max_connections_per_client": limits.per_client,
             },
         )
+        for warning in balancer_warnings(settings.proxy_protocol_from):
+            log.warning(warning)
         task_status.started()
         await anyio.sleep_forever()
     finally:

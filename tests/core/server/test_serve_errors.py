@@ -6,7 +6,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.support.helpers import MAILPIPE, smtp_port_of
+from tests.support.helpers import MAILPIPE, ServerProcess, smtp_port_of
 
 
 def serve(config: Path) -> subprocess.CompletedProcess[str]:
@@ -43,3 +43,11 @@ def test_unknown_pipeline_cpu_priority(config_path: Path) -> None:
     result = serve(config_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cpu_priority must be 'auto'" in result.stderr
+
+
+def test_a_wide_proxy_protocol_range_is_logged_as_a_warning_at_start(config_path: Path) -> None:
+    """Not an error (the server runs), but the operator reads why it is risky."""
+    config_path.write_text(config_path.read_text().replace("[smtp]\n", '[smtp]\nproxy_protocol_from = ["0.0.0.0/0"]\n'))
+    with ServerProcess(config_path) as server:
+        entry = server.wait_for_log("proxy_protocol_from trusts 0.0.0.0/0")
+    assert entry["level"] == "warning" and "allowed_senders" in entry["msg"]
