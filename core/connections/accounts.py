@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -21,11 +22,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from mailpipe.connections.audit import Actor, AuditLog
 from mailpipe.errors import MailpipeError, NotFound, ValidationError
-from mailpipe.common.timestamps import utc_now
+from mailpipe.common.timestamps import format_utc, utc_now
 
 ROLES = ("admin", "viewer")
 TOKEN_PREFIX = "mpt_"
 MIN_PASSWORD_LENGTH = 8
+#: A token's ``last_used`` is kept to the minute: at most one state-store
+#: write per token a minute, not one per API request (a script polling the
+#: API every second would otherwise write the store every second).
+LAST_USED_RESOLUTION = timedelta(seconds=60)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()
 #: Checked when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -164,15 +169,28 @@ class AccountService:
             return None
         digest = hash_token(token)
         found = self.store.query(
-            'SELECT t.id, t.name, t.token_hash, u.name AS "user", u.role FROM tokens t'
+            'SELECT t.id, t.name, t.token_hash, t.last_used, u.name AS "user", u.role FROM tokens t'
             ' JOIN users u ON u.name = t."user" WHERE t.token_hash = ?',
             (digest,),
         )
         if not found or not hmac.compare_digest(found[0]["token_hash"], digest):
             return None
         row = found[0]
-        self.store.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (utc_now(), row["id"]))
+        now = datetime.now(timezone.utc)
+        if _stale(row["last_used"], now):
+            self.store.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (format_utc(now), row["id"]))
         return Account(row["user"], row["role"]), {"id": row["id"], "name": row["name"]}
+
+
+def _stale(last_used: str | None, now: datetime) -> bool:
+    """Is a token's recorded last use older than LAST_USED_RESOLUTION (or absent)?"""
+    if not last_used:
+        return True
+    try:
+        recorded = datetime.fromisoformat(last_used.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return not timedelta(0) <= now - recorded < LAST_USED_RESOLUTION
 
 
 def _password_problems(password: str) -> list[str]:
