@@ -210,6 +210,8 @@ def _describe(connection: dict[str, Any]) -> str:
         lines.append(f"archived 24h: {connection['archived_24h']}")
         if progress_text(connection):
             lines.append(f"progress:    {progress_text(connection)}")
+        if connection.get("collected_by"):
+            lines.append(f"collected by: {printable(connection['collected_by'])}")
         if connection.get("last_error"):
             lines.append(f"last error:  {printable(connection['last_error'])}")
     for key, value in sorted(connection["settings"].items()):

@@ -267,6 +267,16 @@ class LeaseTable:
         )
 
 
+def collecting_node(store: LeaseStore, connection_id: str, clock: Callable[[], float] = time.time) -> str | None:
+    """The node collecting ``connection_id`` now (the holder of its unexpired
+    lease, ``host:pid:…``), for the CLI, API and console; None when no node
+    holds it (disabled, a push connection, or between two holders)."""
+    rows = store.query(
+        "SELECT holder FROM leases WHERE connection_id = ? AND expires_at > ?", (connection_id, _ms(clock()))
+    )
+    return str(rows[0]["holder"]) if rows else None
+
+
 def _column(row: Any, name: str, index: int) -> Any:
     """A column of a row, whether the backend gives mappings or tuples."""
     try:

@@ -144,7 +144,7 @@ class Page:
         if who.account.admin:
             body.append('<p><a href="/connections/new">Add connection</a></p>')
         body.append("<table><thead><tr><th>Status</th><th>Description</th><th>Type</th><th>Address</th>"
-                    "<th>Last message</th><th>Archived 24 h</th><th>Left on server</th><th>Enabled</th>"
+                    "<th>Last message</th><th>Archived 24 h</th><th>Left on server</th><th>Collected by</th><th>Enabled</th>"
                     "<th>Actions</th></tr></thead><tbody>")
         for row in rows:
             body.append(self.row(who, row))
@@ -165,6 +165,7 @@ class Page:
             address = (f'<code class="address">{esc(c["address"])}</code> <button type="button" '
                        f'data-address="{esc(c["address"])}" onclick="navigator.clipboard.writeText(this.dataset.address)"'
                        ">Copy</button>")
+        collector = f'<code>{esc(c["collected_by"])}</code>' if c.get("collected_by") else ""
         enabled = "on" if c["enabled"] else "off"
         actions, switch = "", f'<span class="enabled">{enabled}</span>'
         if who.account.admin:
@@ -180,6 +181,7 @@ class Page:
                 f'<td>{address}</td><td class="last-message">{esc(c.get("last_message_at") or "never")}</td>'
                 f'<td class="archived-24h">{esc(str(c.get("archived_24h", 0)))}</td>'
                 f'<td class="progress">{esc(keep_parts_whole(progress_text(c)))}</td>'
+                f'<td class="collector">{collector}</td>'
                 f"<td>{switch}</td><td>{actions}</td></tr>")
 
     # --- add and edit ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mailpipe.cli.config import effective_config
 from mailpipe.config import parse_config
 from mailpipe.errors import ConfigError, LeaseLost
 from mailpipe.plugin_host import PluginHost
-from mailpipe.connections.leases import Lease, LeaseKeeper, LeaseTable
+from mailpipe.connections.leases import Lease, LeaseKeeper, LeaseTable, collecting_node
 from mailpipe.connections.store import SQLiteStore
 
 LEASE = 30.0
@@ -288,3 +288,16 @@ async def test_a_restarted_collector_waits_for_the_previous_one_to_let_go(store:
 async def _in_scope(scope: anyio.CancelScope, keeper: LeaseKeeper, work: Any) -> None:
     with scope:
         await keeper.hold("c1", work)
+
+
+def test_the_collecting_node_is_the_holder_of_an_unexpired_lease(store: SQLiteStore, clock: Clock) -> None:
+    """What the CLI, API and console show as ``collected_by``."""
+    a = node(store, clock, "a")
+    assert collecting_node(store, "c1", clock) is None  # never leased
+    held = a.acquire("c1")
+    assert held is not None and collecting_node(store, "c1", clock) == "a"
+    clock.advance(LEASE + 1)  # a stopped renewing: nobody collects until another takes over
+    assert collecting_node(store, "c1", clock) is None
+    assert node(store, clock, "b").acquire("c1") is not None
+    assert collecting_node(store, "c1", clock) == "b"
+    assert collecting_node(store, "c2", clock) is None

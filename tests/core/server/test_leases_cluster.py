@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support.helpers import ServerProcess, state_url_toml, wait_until, write_config
+from tests.support.helpers import ServerProcess, cli, state_url_toml, wait_until, write_config
 from tests.support.imap import add_imap_connection, archived, make_message, sha256, spooled_hashes
 from mailpipe.connections.store_postgres import PostgresStore
 from tests.support.peers.dovecot import Dovecot
@@ -133,6 +133,8 @@ def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
     row = lease_row(state_url, connection_id)
     assert row is not None and row["holder"] == node1.holder() and row["token"] == 1
     assert not node2.logged("starting collector"), "node 2 collects a mailbox whose lease node 1 holds"
+    # Any node's CLI (and API, console) names the node that collects.
+    assert shown(node2, connection_id)["collected_by"] == node1.holder()
 
     os.kill(node1.pid, signal.SIGSTOP)  # paused past its lease: it cannot renew, nor notice
     try:
@@ -163,6 +165,11 @@ def test_a_frozen_holder_is_fenced_and_the_other_node_takes_over(
         assert raw == messages[digest] and len(metadata["arrivals"]) == 1
     row = lease_row(state_url, connection_id)
     assert row is not None and row["holder"] == node2.holder() and row["token"] == 2
+    assert shown(node1, connection_id)["collected_by"] == node2.holder()
+
+
+def shown(node: Node, connection_id: str) -> dict[str, Any]:
+    return cli(node.config, "connections", "show", connection_id, check=True).json
 
 
 def test_a_killed_holder_is_taken_over_and_nothing_is_collected_twice(

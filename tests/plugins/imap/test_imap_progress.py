@@ -101,6 +101,9 @@ def test_messages_left_rate_and_time_left_while_draining_a_large_mailbox(
             assert drained["time_left"] is None
             text = run_mailpipe("connections", "show", connection_id, "--config", str(config)).out
             assert re.search(r"progress: +0 left · ", text), text
+            assert re.search(r"collected by: +\S+:\d+:", text), text  # host:pid:… of this server
+            assert f'<td class="collector"><code>{drained["collected_by"]}</code></td>' in row_of(
+                browser.get("/").text, connection_id)
             listed = run_mailpipe("connections", "list", "--config", str(config)).out
             assert "(0 left · " in listed, listed
             wait_until(lambda: dovecot.uids(user) == [], WAIT, 0.5, "after_archive=delete left mail behind")
@@ -108,3 +111,7 @@ def test_messages_left_rate_and_time_left_while_draining_a_large_mailbox(
                 lambda: cli(config, "connections", "show", connection_id, check=True).json["archived_24h"] == COUNT,
                 WAIT, 0.5, "not every message was archived",
             )
+            # Disabled: no collector, so neither a node collecting it nor a figure left from its pass.
+            cli(config, "connections", "disable", connection_id, check=True)
+            stopped = cli(config, "connections", "show", connection_id, check=True).json
+            assert (stopped["collected_by"], stopped["remaining"], stopped["rate"]) == (None, None, None)
