@@ -187,7 +187,7 @@ class ConnectionService:
 
     async def test(self, connection_id: str, actor: Actor = SYSTEM) -> tuple[Connection, TestResult]:
         current = self.begin_test(connection_id, actor)
-        return await self.finish_test(current)
+        return await self.finish_test(current, actor)
 
     def begin_test(self, connection_id: str, actor: Actor = SYSTEM) -> Connection:
         """Status → testing (recorded as a test by ``actor``); ``finish_test`` runs it.
@@ -197,10 +197,15 @@ class ConnectionService:
         self._record(actor, "test", connection_id, current, testing)
         return testing
 
-    async def finish_test(self, current: Connection) -> tuple[Connection, TestResult]:
+    async def finish_test(self, current: Connection, actor: Actor = SYSTEM) -> tuple[Connection, TestResult]:
+        """Run the test ``begin_test`` recorded; its outcome (status ok, or
+        failed with the error) is audited as ``connection.test_result`` by
+        the same ``actor``, so the log says who tested and what came of it."""
         result = await self.run_test(current)
         status = Status.OK if result.ok else Status.FAILED
-        return self._set_status(current, status, result.error), result
+        finished = self._set_status(current, status, result.error)
+        self._record(actor, "test_result", current.id, current, finished)
+        return finished, result
 
     async def run_test(self, connection: Connection) -> TestResult:
         try:

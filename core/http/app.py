@@ -66,12 +66,12 @@ class Console:
     async def start_test(self, connection_id: str, actor: Actor) -> Connection:
         """Status → testing now; the test runs on in the server (API and page alike)."""
         testing = await anyio.to_thread.run_sync(self.runtime.service.begin_test, connection_id, actor)
-        self.start_background(self._finish_test, testing)
+        self.start_background(self._finish_test, testing, actor)
         return testing
 
-    async def _finish_test(self, testing: Connection) -> None:
+    async def _finish_test(self, testing: Connection, actor: Actor) -> None:
         try:
-            await self.runtime.service.finish_test(testing)
+            await self.runtime.service.finish_test(testing, actor)
         except NotFound:
             pass  # deleted while testing
 

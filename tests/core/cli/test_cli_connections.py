@@ -33,6 +33,13 @@ def test_full_lifecycle(config_path: Path) -> None:
     assert cli(config_path, "connections", "enable", connection_id, check=True).json["enabled"] is True
     tested = cli(config_path, "connections", "test", connection_id, check=True).json
     assert tested["status"] == "ok" and tested["status_time"]
+    # Audited twice: who started the test, and what came of it.
+    entries = cli(config_path, "audit", "list", "--connection", connection_id, check=True).json["entries"]
+    started, result = entries[-2:]
+    assert (started["action"], started["after"]["status"]) == ("connection.test", "testing")
+    assert (result["action"], result["before"]["status"], result["after"]["status"]) == (
+        "connection.test_result", "testing", "ok")
+    assert result["actor"] == started["actor"] and result["actor"].startswith("cli:")
 
     edited = cli(
         config_path, "connections", "edit", connection_id,

@@ -432,7 +432,7 @@ def test_the_connections_page_add_enable_test_edit_delete(console: dict[str, Any
     actions = [(e["action"], e["actor"], e["remote"])
                for e in cli(config, "audit", "list", "--connection", connection_id, check=True).json["entries"]]
     assert [a for a, _, _ in actions] == ["connection.add", "connection.enable", "connection.test",
-                                          "connection.edit", "connection.delete"]
+                                          "connection.test_result", "connection.edit", "connection.delete"]
     assert {(actor, remote) for _, actor, remote in actions} == {("alice", "127.0.0.5")}
 
 
