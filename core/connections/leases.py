@@ -16,6 +16,12 @@ source (delete, move, flag) is preceded by the same check. A woken node
 therefore neither moves the checkpoint back nor deletes mail: its write is
 refused with :class:`~mailpipe.errors.LeaseLost` and its collector stops.
 
+The collectors are spread over the nodes: each node records itself in the
+``nodes`` table at every renewal round and holds at most its share,
+``ceil(connections / nodes alive)``; a node above it (one joined) hands the
+excess over — cancels those collectors and releases their leases — and a
+node takes a free lease only while below it.
+
 Times are the holders' clocks (epoch milliseconds), so the nodes' clocks
 must agree to well within a lease (NTP does that); the fencing token, not
 the clock, is what keeps a stale node from writing.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -52,6 +59,8 @@ RENEW_CHUNK = 500
 #: A node waiting for a lease looks again this often at most (a released lease
 #: is taken over this soon, whatever the lease's length).
 RETRY_SECONDS_MAX = 5.0
+#: A node's row in ``nodes`` is deleted once it has not been seen for this many leases.
+FORGET_AFTER_LEASES = 100
 
 _NODE_ID: str | None = None
 
@@ -88,6 +97,8 @@ class Lease:
     token: int
     expires_at: float
     lost: bool = False
+    #: Given up by this node to balance the collectors over the nodes (not lost).
+    handed_over: bool = False
 
     def valid(self, now: float) -> bool:
         return not self.lost and now < self.expires_at
@@ -209,11 +220,32 @@ class LeaseTable:
     def release_left_behind(self) -> int:
         """Free the leases an earlier process of this node left (killed with
         SIGKILL, say), so a restarted single node collects at once instead of
-        waiting for them to expire. Tokens still rise on the next acquisition."""
+        waiting for them to expire. Tokens still rise on the next acquisition.
+        That process no longer counts as a node either."""
+        self.store.execute("DELETE FROM nodes WHERE home = ? AND holder <> ?", (self.home, self.holder))
         return self.store.execute(
             "UPDATE leases SET expires_at = 0 WHERE home = ? AND holder <> ? AND expires_at > 0",
             (self.home, self.holder),
         )
+
+    def heartbeat(self) -> int:
+        """Record that this node is alive; the number of nodes alive (seen
+        within one lease), this one included. Rows of nodes gone for many
+        leases are deleted on the way."""
+        now = _ms(self.clock())
+        lease = _ms(self.lease_seconds)
+        self.store.execute(
+            "INSERT INTO nodes (holder, home, seen_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at",
+            (self.holder, self.home, now),
+        )
+        self.store.execute("DELETE FROM nodes WHERE seen_at < ?", (now - FORGET_AFTER_LEASES * lease,))
+        rows = self.store.query("SELECT COUNT(*) AS alive FROM nodes WHERE seen_at > ?", (now - lease,))
+        return max(1, int(rows[0]["alive"]))
+
+    def leave(self) -> None:
+        """This node stops (cleanly): the others stop counting it at once."""
+        self.store.execute("DELETE FROM nodes WHERE holder = ?", (self.holder,))
 
     def set_state_fenced(self, lease: Lease, key: str, value: Any) -> None:
         """Write a collector's state only while ``lease`` is held with its token,
@@ -300,6 +332,8 @@ class LeaseKeeper:
         self.table = table
         self._held: dict[str, tuple[Lease, anyio.CancelScope]] = {}
         self._holding: dict[str, anyio.Event] = {}
+        self._taking = 0  # acquisitions under way (counted against the share)
+        self._nodes = 1  # nodes alive, as the last heartbeat counted them
         self._elsewhere: dict[str, float] = {}
         self._elsewhere_read_at = float("-inf")
         self._elsewhere_lock = anyio.Lock()
@@ -312,9 +346,20 @@ class LeaseKeeper:
     def retry_every(self) -> float:
         return min(self.renew_every, RETRY_SECONDS_MAX)
 
+    def share(self) -> int:
+        """How many collectors this node may hold: the connections it was asked
+        to collect (every node is asked for every enabled pull connection)
+        divided by the nodes alive, rounded up, so together they hold them all."""
+        return max(1, math.ceil(len(self._holding) / self._nodes))
+
+    def join(self) -> None:
+        """Count this node in before its first collector starts (blocking: a thread)."""
+        self._nodes = self.table.heartbeat()
+
     async def hold(self, connection_id: str, work: Callable[[Lease], Awaitable[None]]) -> None:
         """Until cancelled: wait for the lease, run ``work(lease)`` while it is
-        held (cancelled the moment it is lost), and start over. The lease is
+        held (cancelled the moment it is lost, or handed over to another node
+        when this one holds more than its share), and start over. The lease is
         released when this is cancelled (the connection was disabled, the
         server stops)."""
         # A restarted collector (the connection was edited) waits until the
@@ -329,7 +374,12 @@ class LeaseKeeper:
                 lease = await self._acquire(connection_id)
                 log.info("collector lease acquired", extra=self._extra(lease))
                 await self._run_leased(lease, work)
-                # Lost: the node that has it now keeps it; look again later.
+                if lease.handed_over:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await anyio.to_thread.run_sync(self.table.release, lease)
+                    log.info("collector lease handed over: this node held more than its share",
+                             extra={**self._extra(lease), "share": self.share(), "nodes": self._nodes})
+                # Lost or handed over: the node that has it now keeps it; look again later.
                 await anyio.sleep(self.retry_every)
         finally:
             if lease is not None and not lease.lost:
@@ -357,10 +407,14 @@ class LeaseKeeper:
     async def _acquire(self, connection_id: str) -> Lease:
         while True:
             try:
-                if await self._held_elsewhere(connection_id):
+                if await self._held_elsewhere(connection_id) or len(self._held) + self._taking >= self.share():
                     lease = None
                 else:
-                    lease = await anyio.to_thread.run_sync(self.table.acquire, connection_id)
+                    self._taking += 1
+                    try:
+                        lease = await anyio.to_thread.run_sync(self.table.acquire, connection_id)
+                    finally:
+                        self._taking -= 1
             except Exception as error:  # the store is unreachable: try again, as for a busy lease
                 log.warning(
                     "cannot take a collector lease; trying again",
@@ -386,13 +440,27 @@ class LeaseKeeper:
                 self._held.pop(lease.connection_id, None)
 
     async def renew_forever(self) -> None:
-        """Renew the held leases every third of a lease, until cancelled."""
-        while True:
-            await anyio.sleep(self.renew_every)
-            await self.renew_held()
+        """Renew the held leases every third of a lease, until cancelled; then
+        leave the count of nodes, so the others take over at once."""
+        try:
+            while True:
+                await anyio.sleep(self.renew_every)
+                await self.renew_held()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await anyio.to_thread.run_sync(self.table.leave)
+                except Exception as error:  # the others stop counting this node a lease from now
+                    log.warning("cannot remove this node from the state store", extra={"error": str(error)})
 
     async def renew_held(self) -> None:
-        """One round: renew every held lease; stop the work of each one lost."""
+        """One round: say this node is alive and count the nodes; renew every
+        held lease; stop the work of each one lost, and hand over what this
+        node holds beyond its share (a node joined)."""
+        try:
+            self._nodes = await anyio.to_thread.run_sync(self.table.heartbeat)
+        except Exception as error:  # the store is unreachable: keep the last count
+            log.warning("cannot record this node in the state store", extra={"error": str(error)})
         held = list(self._held.values())
         if not held:
             return
@@ -401,11 +469,19 @@ class LeaseKeeper:
         except Exception as error:  # the store is unreachable: the leases hold until they run out
             log.warning("cannot renew the collector leases", extra={"count": len(held), "error": str(error)})
         now = self.table.clock()
+        kept = []
         for lease, scope in held:
             if not lease.valid(now):
                 lease.lost = True
                 log.warning("collector lease lost; collector stopped", extra=self._extra(lease))
                 scope.cancel()
+            else:
+                kept.append((lease, scope))
+        # The last ones by connection id: every node picks the same way, and a
+        # collector handed over is not the one it would take back.
+        for lease, scope in sorted(kept, key=lambda held: held[0].connection_id)[self.share():]:
+            lease.handed_over = True
+            scope.cancel()
 
     def _extra(self, lease: Lease) -> dict[str, Any]:
         return {"connection": lease.connection_id, "holder": lease.holder, "fencing_token": lease.token}

@@ -119,6 +119,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX leases_holder ON leases (holder)
     """,
+    # 6: the nodes sharing the store, each seen at its last lease round
+    # (mailpipe.connections.leases: a node takes at most its share of the
+    # collectors, so a node that joins gets some of them).
+    """
+    CREATE TABLE nodes (
+        holder TEXT PRIMARY KEY,
+        home TEXT NOT NULL,
+        seen_at BIGINT NOT NULL
+    )
+    """,
 )
 
 

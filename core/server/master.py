@@ -78,6 +78,7 @@ class Server:
             )
             table.release_left_behind()
             self.leases = LeaseKeeper(table)
+            self.leases.join()
         return self.leases
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

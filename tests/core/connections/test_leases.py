@@ -301,3 +301,64 @@ def test_the_collecting_node_is_the_holder_of_an_unexpired_lease(store: SQLiteSt
     assert node(store, clock, "b").acquire("c1") is not None
     assert collecting_node(store, "c1", clock) == "b"
     assert collecting_node(store, "c2", clock) is None
+
+
+@pytest.mark.anyio
+async def test_a_node_that_joins_gets_its_share_and_a_node_that_leaves_gives_it_back(
+    store: SQLiteStore, clock: Clock
+) -> None:
+    """Balancing: a node holds at most ceil(connections / nodes alive). One
+    node alone collects four mailboxes; when a second node counts itself in,
+    the first hands two over (released at once, not left to expire) and does
+    not take them back; when the second leaves, the first collects all four
+    again."""
+    a, b = node(store, clock, "a", lease=0.3), node(store, clock, "b", lease=0.3)
+    keeper = LeaseKeeper(a)
+    running: set[str] = set()
+    connections = ["c0", "c1", "c2", "c3"]
+
+    def holders() -> dict[str, str]:
+        rows = store.query("SELECT connection_id, holder FROM leases WHERE expires_at > 0")
+        return {row["connection_id"]: row["holder"] for row in rows}
+
+    async def until(condition: Any) -> None:
+        while not condition():
+            await anyio.sleep(0.02)
+
+    def work_for(connection_id: str) -> Any:
+        async def work(lease: Lease) -> None:
+            running.add(connection_id)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                running.discard(connection_id)
+        return work
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            keeper.join()
+            group.start_soon(keeper.renew_forever)
+            for connection_id in connections:
+                group.start_soon(keeper.hold, connection_id, work_for(connection_id))
+            await until(lambda: running == set(connections))
+            assert keeper.share() == 4
+
+            assert b.heartbeat() == 2  # a second node counts itself in
+            await until(lambda: running == {"c0", "c1"})
+            assert keeper.share() == 2
+            assert set(holders()) == {"c0", "c1"}  # the other two released, free to take
+            for _ in range(10):  # a few retry rounds: a does not take them back
+                await anyio.sleep(keeper.retry_every)
+                assert running == {"c0", "c1"}
+            taken = [b.acquire("c2"), b.acquire("c3")]
+            assert all(lease is not None for lease in taken)
+            assert holders() == {"c0": "a", "c1": "a", "c2": "b", "c3": "b"}
+
+            for lease in taken:  # b stops cleanly: releases, and leaves the count
+                assert lease is not None
+                b.release(lease)
+            b.leave()
+            await until(lambda: running == set(connections))
+            assert holders() == {c: "a" for c in connections}
+            group.cancel_scope.cancel()
+    assert store.query("SELECT holder FROM nodes") == [], "a stop must take the node out of the count"

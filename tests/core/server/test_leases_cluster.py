@@ -12,9 +12,11 @@ bound and nothing asserts a duration (the takeover delay is printed).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -263,6 +265,11 @@ def test_three_nodes_share_mailboxes_and_the_survivors_take_a_killed_nodes_over(
             return {cid: row["holder"] for cid, row in rows.items() if row and row["expires_at"] > time.time() * 1000}
 
         wait_until(lambda: len(holders()) == MAILBOXES, WAIT, message="not every mailbox got a holder")
+        # Balanced: no node holds more than its share (the first to start may
+        # take more at first, and hands the excess over within a renewal).
+        share = math.ceil(MAILBOXES / 3)
+        wait_until(lambda: len(holders()) == MAILBOXES and max(Counter(holders().values()).values()) <= share,
+                   WAIT, message=f"a node kept more than its share of {share}")
         by_node = {node.name: [cid for cid, holder in holders().items() if holder == node.holder()] for node in nodes}
         print(f"\n{MAILBOXES} mailboxes across 3 nodes: { {name: len(held) for name, held in by_node.items()} }")
         assert sum(len(held) for held in by_node.values()) == MAILBOXES, "a lease holder is not one of the nodes"
@@ -273,15 +280,59 @@ def test_three_nodes_share_mailboxes_and_the_survivors_take_a_killed_nodes_over(
         victim.server.kill()
         wait_until(lambda: set(holders().values()) <= {node.holder() for node in survivors}
                    and len(holders()) == MAILBOXES, WAIT, message="the killed node's mailboxes were not taken over")
-        for user, _ in users:
-            messages[user] |= append(dovecot, user, 2, 2)
-        wait_until(lambda: all(len(archived(archive, ids[user])) == 4 and not dovecot.uids(user) for user, _ in users),
-                   WAIT, message="mail sent after the kill was not collected")
-        for user, _ in users:
-            stored = archived(archive, ids[user])
-            assert set(stored) == set(messages[user])
-            assert all(len(metadata["arrivals"]) == 1 for _, metadata in stored.values())
+        assert max(Counter(holders().values()).values()) <= math.ceil(MAILBOXES / 2)
+        two_more_each_are_collected_once(dovecot, archive, ids, messages, "the kill")
         assert sum(node.collected() for node in nodes) == 4 * MAILBOXES, "a message was collected twice"
+    finally:
+        for user, _ in users:
+            dovecot.remove_user(user, wait=False)
+
+
+def two_more_each_are_collected_once(
+    dovecot: Dovecot, archive: Path, ids: dict[str, str], messages: dict[str, dict[str, bytes]], after: str
+) -> None:
+    """Two more messages in each mailbox (``ids``: user → connection id), each archived once."""
+    for user in ids:
+        messages[user] |= append(dovecot, user, 2, 2)
+    wait_until(lambda: all(len(archived(archive, ids[user])) == 4 and not dovecot.uids(user) for user in ids),
+               WAIT, message=f"mail sent after {after} was not collected")
+    for user in ids:
+        stored = archived(archive, ids[user])
+        assert set(stored) == set(messages[user])
+        assert all(len(metadata["arrivals"]) == 1 for _, metadata in stored.values())
+
+
+def test_a_node_that_joins_takes_over_its_share_and_nothing_is_lost(
+    cluster: tuple[list[Node], str, Path], dovecot: Dovecot
+) -> None:
+    """Node 1 alone collects four mailboxes; node 2 starts: node 1 hands two
+    over (released at once), node 2 collects them, and the mail that arrives
+    after is collected once, by whichever node holds each mailbox now."""
+    (node1, node2, _), state_url, archive = cluster
+    users = []
+    for number in range(4):
+        name = f"join{number}-{os.urandom(3).hex()}"
+        users.append((name, dovecot.add_user(name, f"pw-{os.urandom(6).hex()}")))
+    try:
+        messages = {user: append(dovecot, user, 0, 2) for user, _ in users}
+        ids = {user: add_imap_connection(node1.config, dovecot, user, password, enable=True)
+               for user, password in users}
+        node1.start()
+
+        def holders() -> dict[str, str]:
+            rows = {cid: lease_row(state_url, cid) for cid in ids.values()}
+            return {cid: row["holder"] for cid, row in rows.items() if row and row["expires_at"] > time.time() * 1000}
+
+        wait_until(lambda: all(len(archived(archive, ids[user])) == 2 for user, _ in users), WAIT)
+        assert set(holders().values()) == {node1.holder()} and len(holders()) == 4
+
+        node2.start()
+        wait_until(lambda: Counter(holders().values()) == {node1.holder(): 2, node2.holder(): 2}, WAIT,
+                   message="node 2 did not get its share of the mailboxes")
+        assert len(node1.logged("collector lease handed over")) == 2
+        two_more_each_are_collected_once(dovecot, archive, ids, messages, "node 2 joined")
+        assert node1.collected() + node2.collected() == 16, "a message was collected twice"
+        assert node2.collected() == 4  # two new messages in each of its two mailboxes
     finally:
         for user, _ in users:
             dovecot.remove_user(user, wait=False)
