@@ -295,6 +295,16 @@ class StateConfig(_Section):
         '"postgresql://mailpipe@db.example.net/mailpipe"',
     )
 
+    # The PostgreSQL connection pool of each process (mailpipe.connections.store_postgres);
+    # unused with the embedded SQLite file.
+    pool_size: int = Field(
+        4, ge=1, le=100, description="a whole number of PostgreSQL connections per process, 1 to 100"
+    )
+    wait_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="seconds a request waits for a pooled PostgreSQL connection (or a restarting server), e.g. 30",
+    )
+
     @field_validator("url", mode="after")
     @classmethod
     def _postgresql_url(cls, value: str) -> str:

@@ -111,7 +111,9 @@ def open_state_store(config: Config, state: StateKind = "existing", migrate: boo
     if config.shared_state:
         from mailpipe.connections.store_postgres import PostgresStore  # psycopg only where it is used
 
-        return PostgresStore(config.state.url, migrate=migrate)
+        return PostgresStore(
+            config.state.url, migrate=migrate, pool_size=config.state.pool_size, wait_seconds=config.state.wait_seconds
+        )
     return SQLiteStore(EMPTY_STORE if state == "none" else config.state_db, migrate=migrate)
 
 

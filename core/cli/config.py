@@ -103,7 +103,7 @@ def effective_config(config: Config, host: PluginHost) -> dict[str, Any]:
             "plugins": _listed(config.plugins.model_dump()),
             "spool": config.spool.model_dump(),
             "http": config.http.model_dump(),
-            "state": {"url": mask_url_password(config.state.url)},
+            "state": {**config.state.model_dump(), "url": mask_url_password(config.state.url)},
             "cluster": config.cluster.model_dump(),
             "sinks": [effective_sink(config, table, host.sink_types.get(table["type"])) for table in config.sinks],
         },

@@ -34,9 +34,9 @@ from mailpipe.connections.store import SQLStore, StateStoreError, Transaction
 
 log = logging.getLogger("mailpipe.store")
 
-#: Connections per process: the live-status flush, the watch loop's reads and
-#: the CLI or API requests of the moment; a few nodes' processes stay well
-#: under PostgreSQL's default max_connections (100).
+#: Connections per process by default (``[state] pool_size``): the live-status
+#: flush, the watch loop's reads and the CLI or API requests of the moment; a
+#: few nodes' processes stay well under PostgreSQL's default max_connections (100).
 POOL_SIZE = 4
 CHANNEL = "mailpipe_changes"
 #: Any constant: the advisory lock that serialises migrations across nodes.
@@ -46,7 +46,8 @@ WRITE_LOCK = MIGRATION_LOCK + 1
 #: hold its locks against every node; PostgreSQL ends such a session.
 IDLE_IN_TRANSACTION_MS = 60_000
 CONNECT_TIMEOUT_SECONDS = 10
-#: How long a request waits for a free pooled connection (or a restarted server).
+#: How long a request waits for a free pooled connection (or a restarted
+#: server) by default (``[state] wait_seconds``).
 POOL_WAIT_SECONDS = 30.0
 LISTEN_RETRY_SECONDS = 1.0
 
@@ -115,19 +116,22 @@ class _PostgresTransaction:
 
 
 class PostgresStore(SQLStore):
-    def __init__(self, url: str, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, migrate: bool = True, pool_size: int = POOL_SIZE, wait_seconds: float = POOL_WAIT_SECONDS
+    ) -> None:
         self.url = url
         self.location = redacted(url)
+        self.wait_seconds = wait_seconds
         self._check_reachable()
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
-            max_size=POOL_SIZE,
+            max_size=pool_size,
             kwargs={
                 "autocommit": True, "row_factory": _rows, "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                 "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
             },
-            timeout=POOL_WAIT_SECONDS,
+            timeout=wait_seconds,
             name="mailpipe-state",
             open=True,
         )
@@ -155,8 +159,8 @@ class PostgresStore(SQLStore):
                 yield connection
         except PoolTimeout:
             raise StateStoreError(
-                f"the state store {self.location} did not answer within {POOL_WAIT_SECONDS:.0f} s; "
-                "check that PostgreSQL is running and reachable"
+                f"the state store {self.location} did not answer within {self.wait_seconds:g} s; "
+                "check that PostgreSQL is running and reachable, or raise [state] wait_seconds"
             ) from None
         except psycopg.OperationalError as error:  # the server went away mid-statement
             raise StateStoreError(f"the state store {self.location} failed: {_first_line(error)}") from None

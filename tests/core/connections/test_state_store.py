@@ -31,7 +31,7 @@ from tests.support.smtp import SmtpSetup, make_setup, send, session_accepting
 
 from mailpipe.config import load_config
 from mailpipe.runtime import open_state_store
-from mailpipe.connections.store import MIGRATIONS
+from mailpipe.connections.store import MIGRATIONS, StateStoreError
 
 O365 = ["--set", "undeliverable_journal_address=journal-ndr@customer.example"]
 SENDER = "journal@contoso.com"
@@ -144,6 +144,27 @@ def test_an_unreachable_postgresql_is_explained(tmp_path: Path) -> None:
     result = cli(config, "connections", "list")
     assert result.code == 1 and "cannot reach the state store" in result.err, result
     assert "s3cret" not in result.err and "Traceback" not in result.err
+
+
+def test_the_pool_size_and_wait_are_the_operators_to_set(tmp_path: Path, postgres_url: str) -> None:
+    """[state] pool_size and wait_seconds reach the real pool: with one
+    connection in use and a pool of one, the next request fails after the
+    configured wait, with a sentence that names the setting."""
+    config = tmp_path / "mailpipe.toml"
+    config.write_text(state_url_toml(postgres_url) + "pool_size = 1\nwait_seconds = 0.5\n")
+    effective = cli(config, "config", "check", check=True).json["effective"]["state"]
+    assert (effective["pool_size"], effective["wait_seconds"]) == (1, 0.5)
+    store = open_state_store(load_config(config))
+    try:
+        with store._connection():  # the pool's only connection, busy
+            with pytest.raises(StateStoreError, match=r"did not answer within 0.5 s.*\[state\] wait_seconds"):
+                store.query("SELECT 1 AS one")
+        assert store.query("SELECT 1 AS one") == [{"one": 1}]  # free again
+    finally:
+        store.close()
+    config.write_text(state_url_toml(postgres_url) + "pool_size = 0\n")
+    refused = cli(config, "config", "check")
+    assert refused.code == 1 and "pool_size" in refused.err, refused
 
 
 # --- secrets: every node must share the key ------------------------------------------
