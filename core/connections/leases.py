@@ -375,20 +375,23 @@ class LeaseKeeper:
                 log.info("collector lease acquired", extra=self._extra(lease))
                 await self._run_leased(lease, work)
                 if lease.handed_over:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        await anyio.to_thread.run_sync(self.table.release, lease)
+                    await self._release(lease)
                     log.info("collector lease handed over: this node held more than its share",
                              extra={**self._extra(lease), "share": self.share(), "nodes": self._nodes})
                 # Lost or handed over: the node that has it now keeps it; look again later.
                 await anyio.sleep(self.retry_every)
         finally:
-            if lease is not None and not lease.lost:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await anyio.to_thread.run_sync(self.table.release, lease)
-                    log.info("collector lease released", extra=self._extra(lease))
+            if lease is not None and not lease.lost and await self._release(lease):
+                log.info("collector lease released", extra=self._extra(lease))
             done.set()
             if self._holding.get(connection_id) is done:
                 del self._holding[connection_id]
+
+    async def _release(self, lease: Lease) -> bool:
+        """Give ``lease`` up now, even while being cancelled (within 5 s); True once done."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5) as waited:
+            await anyio.to_thread.run_sync(self.table.release, lease)
+        return not waited.cancelled_caught
 
     async def check(self, lease: Lease) -> None:
         """Raise :class:`LeaseLost` unless ``lease`` is still held (asked of the store)."""
