@@ -39,6 +39,7 @@ from typing import Any, Callable, Literal
 
 from mailpipe.spool.disk_space import STATUS_PREFIX as DISK_FULL_PREFIX
 from mailpipe.common.timestamps import utc_now
+from mailpipe.connections.leases import collecting_node
 from mailpipe.connections.live_progress import RateWindow, progress_fields
 
 log = logging.getLogger("mailpipe.live")
@@ -286,7 +287,8 @@ def live_fields(store: Any, connection_id: str, collecting: bool = True) -> dict
 
     ``collecting`` False (the connection is disabled): no collector runs, so
     its last report (say "3,000 left" from a pass cut short by the disable)
-    is not shown as if it were current; the progress fields are absent."""
+    is not shown as if it were current; the progress fields are absent, and
+    so is ``collected_by`` (otherwise the node holding its lease now)."""
     since = hour_bucket(datetime.now(timezone.utc) - timedelta(hours=23))
     try:
         rows = store.query("SELECT last_message_at, last_error FROM live WHERE connection_id = ?", (connection_id,))
@@ -297,14 +299,16 @@ def live_fields(store: Any, connection_id: str, collecting: bool = True) -> dict
         progress = store.query(
             "SELECT remaining, rate, measured_at FROM live_progress WHERE connection_id = ?", (connection_id,)
         )
+        holder = collecting_node(store, connection_id) if collecting else None
     except sqlite3.OperationalError:  # an empty in-memory store (no state yet)
-        rows, counted, progress = [], [{"n": 0}], []
+        rows, counted, progress, holder = [], [{"n": 0}], [], None
     found = rows[0] if rows else {}
     return {
         "last_message_at": found.get("last_message_at"),
         "archived_24h": int(counted[0]["n"]),
         "last_error": found.get("last_error") or "",
         **progress_fields(progress[0] if progress and collecting else None),
+        "collected_by": holder,
     }
 
 

@@ -7,11 +7,9 @@ whichever face shows it (docs/cli.md documents them).
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from mailpipe.config import Config
-from mailpipe.connections.leases import collecting_node
 from mailpipe.connections.live_status import live_fields
 from mailpipe.plugin_host import PluginHost
 from mailpipe.types import Connection, ConnectionType
@@ -23,20 +21,8 @@ def connection_view(runtime: Any, connection: Connection) -> dict[str, Any]:
     operator should know about)."""
     data = runtime.service.public(connection)
     data.update(live_fields(runtime.store, connection.id, collecting=connection.enabled))
-    data["collected_by"] = collected_by(runtime.store, connection)
     data["warnings"] = runtime.service.warnings(connection)
     return data
-
-
-def collected_by(store: Any, connection: Connection) -> str | None:
-    """The node whose collector holds the connection's lease now; None for a
-    disabled or push connection (or a store with no state yet)."""
-    if not connection.enabled:
-        return None
-    try:
-        return collecting_node(store, connection.id)
-    except sqlite3.OperationalError:  # an empty in-memory store (no state yet)
-        return None
 
 
 def plugins_view(host: PluginHost) -> dict[str, Any]:
